@@ -1,0 +1,56 @@
+"""Argument validation shared by the library: each check raises ValueError naming the argument."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def check_alpha(alpha, name: str = "alpha") -> float:
+    """alpha must be a real number strictly between 0 and 1."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {alpha!r}")
+    return float(alpha)
+
+
+def check_sigma(sigma, name: str = "sigma") -> float:
+    """A noise level must be a finite real number > 0."""
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, numbers.Real)
+        or not math.isfinite(sigma)
+        or sigma <= 0
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {sigma!r}")
+    return float(sigma)
+
+
+def check_positive_int(value, name: str) -> int:
+    """A sample count or batch size must be an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_counts(k, n):
+    """Binomial counts: integers with n >= 1 and 0 <= k <= n (broadcast together)."""
+    k_arr = np.asarray(k)
+    n_arr = np.asarray(n)
+    for name, arr in (("k", k_arr), ("n", n_arr)):
+        if arr.dtype == bool or not np.all(np.isfinite(arr)) or np.any(np.mod(arr, 1) != 0):
+            raise ValueError(f"{name} must hold integer counts, got {arr!r}")
+    if np.any(n_arr < 1):
+        raise ValueError(f"n must be >= 1, got {n!r}")
+    if np.any(k_arr < 0) or np.any(k_arr > n_arr):
+        raise ValueError(f"k must satisfy 0 <= k <= n, got k={k!r}, n={n!r}")
+    return k_arr.astype(np.int64), n_arr.astype(np.int64)
+
+
+def check_probability(p, name: str) -> np.ndarray:
+    """Probabilities: finite values in [0, 1]."""
+    arr = np.asarray(p, dtype=float)
+    if np.any(~np.isfinite(arr)) or np.any((arr < 0) | (arr > 1)):
+        raise ValueError(f"{name} must lie in [0, 1], got {p!r}")
+    return arr

@@ -1,0 +1,346 @@
+"""Certify and predict logs in the authors' TSV format, and the manifest of every run folder.
+
+Certify log (locuslab/smoothing `certify.py`):  idx  label  predict  radius  correct  time
+Predict log (locuslab/smoothing `predict.py`):  idx  label  predict  correct  time
+`predict` is -1 (ABSTAIN) when the smoothed classifier abstained; `time` is seconds either as a plain
+number or as H:MM:SS.ffffff (Python's str(timedelta), the authors' style). Both styles are read.
+
+Writers append one row at a time and flush it, so a run that is killed leaves only complete rows
+(plus at most one partial line, which the next writer removes) and resumes from the last complete row.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = [
+    "CERTIFY_COLUMNS",
+    "PREDICT_COLUMNS",
+    "LogFormatError",
+    "LogWriter",
+    "read_log",
+    "read_certify_log",
+    "read_predict_log",
+    "parse_time",
+    "format_time",
+    "write_manifest",
+    "read_manifest",
+    "finish_manifest",
+    "run_manifest",
+]
+
+CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
+_COLUMNS = {"certify": CERTIFY_COLUMNS, "predict": PREDICT_COLUMNS}
+_INT_COLUMNS = ("idx", "label", "predict", "correct")
+
+
+class LogFormatError(ValueError):
+    """A log file that does not follow the authors' format; the message names the file and line."""
+
+
+def parse_time(text: str) -> float:
+    """Seconds from '12.5' or from 'H:MM:SS.ffffff' (also 'D day(s), H:MM:SS'). Raises ValueError."""
+    text = text.strip()
+    days = 0
+    if "day" in text:
+        head, _, text = text.partition(",")
+        days = int(head.split()[0])
+        text = text.strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"time {text!r} is neither seconds nor H:MM:SS.ffffff")
+        hours, minutes, seconds = int(parts[0]), int(parts[1]), float(parts[2])
+        if not (0 <= minutes < 60 and 0 <= seconds < 60 and hours >= 0):
+            raise ValueError(f"time {text!r} has out-of-range minutes or seconds")
+        value = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    else:
+        value = days * 86400 + float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"time {text!r} must be a finite, non-negative duration")
+    return value
+
+
+def format_time(seconds: float, style: str = "hms") -> str:
+    """'hms': H:MM:SS.ffffff as the authors' logs write it; 'seconds': the plain number of seconds."""
+    if style == "hms":
+        return str(_dt.timedelta(seconds=float(seconds)))
+    if style == "seconds":
+        return repr(float(seconds))
+    raise ValueError(f"time style must be 'hms' or 'seconds', got {style!r}")
+
+
+def _parse_row(fields: list[str], columns: tuple[str, ...], where: str) -> dict:
+    if len(fields) != len(columns):
+        raise LogFormatError(f"{where}: expected {len(columns)} tab-separated fields {columns}, got {len(fields)}")
+    row = {}
+    for name, text in zip(columns, fields):
+        try:
+            if name in _INT_COLUMNS:
+                row[name] = int(text)
+            elif name == "radius":
+                row[name] = float(text)
+            else:
+                row[name] = parse_time(text)
+        except ValueError as err:
+            raise LogFormatError(f"{where}: column {name!r} has {text!r}, which is not valid ({err})") from None
+    if row["correct"] not in (0, 1):
+        raise LogFormatError(f"{where}: column 'correct' must be 0 or 1, got {row['correct']}")
+    if row["predict"] < -1:
+        raise LogFormatError(f"{where}: column 'predict' must be a class or -1 (abstain), got {row['predict']}")
+    if "radius" in row and (not math.isfinite(row["radius"]) or row["radius"] < 0):
+        raise LogFormatError(f"{where}: column 'radius' must be a finite number >= 0, got {row['radius']}")
+    if row["predict"] == -1 and row["correct"] == 1:
+        raise LogFormatError(f"{where}: an abstention (predict = -1) cannot be correct")
+    return row
+
+
+def read_log(path, kind: str | None = None) -> pd.DataFrame:
+    """Read a certify or predict log; `kind` ('certify' or 'predict') is inferred from the header.
+
+    Returns a DataFrame with integer idx, label, predict, correct, float radius (certify logs) and
+    float time in seconds, in file order. The header and every row are validated; a malformed
+    row raises LogFormatError naming the file and the 1-based line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"log {path} does not exist")
+    lines = path.read_text().splitlines()
+    if not lines:
+        raise LogFormatError(f"{path}:1: empty file, expected a header line")
+    header = tuple(lines[0].split("\t"))
+    inferred = {cols: name for name, cols in _COLUMNS.items()}.get(header)
+    if inferred is None:
+        raise LogFormatError(
+            f"{path}:1: header {header} is neither a certify log {CERTIFY_COLUMNS} nor a predict log {PREDICT_COLUMNS}"
+        )
+    if kind is not None and kind != inferred:
+        raise LogFormatError(f"{path}: expected a {kind} log, found a {inferred} log header")
+    columns = _COLUMNS[inferred]
+    rows, first_seen = [], {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        row = _parse_row(line.split("\t"), columns, f"{path}:{number}")
+        if row["idx"] in first_seen:
+            raise LogFormatError(
+                f"{path}:{number}: example idx {row['idx']} already appears on line {first_seen[row['idx']]}"
+            )
+        first_seen[row["idx"]] = number
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(columns))
+    for name in _INT_COLUMNS:
+        frame[name] = frame[name].astype("int64")
+    frame["time"] = frame["time"].astype(float)
+    if "radius" in frame:
+        frame["radius"] = frame["radius"].astype(float)
+    return frame
+
+
+def read_certify_log(path) -> pd.DataFrame:
+    """A certify log (idx, label, predict, radius, correct, time); see read_log."""
+    return read_log(path, "certify")
+
+
+def read_predict_log(path) -> pd.DataFrame:
+    """A predict log (idx, label, predict, correct, time); see read_log."""
+    return read_log(path, "predict")
+
+
+class LogWriter:
+    """Append rows to a certify or predict log, one flushed line per example.
+
+    Opening an existing log checks its header, drops a trailing partial line left by a killed
+    run, and exposes the example indices already done in `done`, so a caller resumes by skipping
+    them. Radii are written with full float precision (repr), unlike the authors' 3 digits.
+    """
+
+    def __init__(self, path, kind: str = "certify", time_style: str = "hms"):
+        if kind not in _COLUMNS:
+            raise ValueError(f"kind must be 'certify' or 'predict', got {kind!r}")
+        format_time(0.0, time_style)
+        self.path = Path(path)
+        self.kind = kind
+        self.columns = _COLUMNS[kind]
+        self.time_style = time_style
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[int] = set()
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._truncate_partial_line()
+            self.done = set(read_log(self.path, kind)["idx"].tolist())
+            self._file = open(self.path, "a", encoding="utf-8")
+        else:
+            self._file = open(self.path, "w", encoding="utf-8")
+            self._write_line("\t".join(self.columns))
+
+    def _truncate_partial_line(self):
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            if keep == 0:
+                raise LogFormatError(f"{self.path}: holds no complete header line; remove it to start afresh")
+            with open(self.path, "r+b") as handle:
+                handle.truncate(keep)
+
+    def _write_line(self, line: str):
+        self._file.write(line + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def write(self, idx: int, label: int, predict: int, correct: int, time: float, radius: float | None = None):
+        """Append one example's row and flush it to disk."""
+        if (radius is None) == (self.kind == "certify"):
+            raise ValueError("radius is required for a certify log and not allowed in a predict log")
+        values = {"idx": int(idx), "label": int(label), "predict": int(predict), "correct": int(correct)}
+        if values["idx"] in self.done:
+            raise ValueError(f"{self.path}: example idx {values['idx']} is already in the log")
+        fields = [str(values[c]) for c in self.columns[:3]]
+        if self.kind == "certify":
+            fields.append(repr(float(radius)))
+        fields += [str(values["correct"]), format_time(time, self.time_style)]
+        _parse_row(fields, self.columns, f"{self.path}: row for idx {values['idx']}")  # never write what cannot be read
+        self._write_line("\t".join(fields))
+        self.done.add(values["idx"])
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------- manifests
+
+MANIFEST = "manifest.json"
+_PACKAGES = ("rsbook", "torch", "torchvision", "numpy", "scipy", "statsmodels", "pandas", "cvxpy")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _describe_device(device) -> str:
+    import torch
+
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _write_json_atomic(path: Path, payload: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(payload, out, indent=2, sort_keys=True, default=str)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(run_dir) -> dict:
+    """The manifest.json of a run folder."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"run folder {run_dir} has no {MANIFEST}")
+    return json.loads(path.read_text())
+
+
+def write_manifest(run_dir, parameters: dict, seed=None, device=None, **extra) -> Path:
+    """Write run_dir/manifest.json: parameters, seed, package versions, git commit, device, and
+    start time (end time null until the run finishes). Written atomically."""
+    payload = {
+        "parameters": parameters,
+        "seed": seed,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "device": _describe_device(device),
+        "start_time": _now(),
+        "end_time": None,
+        **extra,
+    }
+    path = Path(run_dir) / MANIFEST
+    _write_json_atomic(path, payload)
+    return path
+
+
+@contextmanager
+def run_manifest(run_dir, parameters: dict, seed=None, device=None, **extra):
+    """Context for a resumable run in `run_dir`.
+
+    A new folder gets a manifest at entry; an existing one must have been written with the same
+    parameters and seed (a run folder is immutable: resuming may only finish or extend it), otherwise
+    ValueError names the differing parameters. `extra` fields (e.g. how far the run should go) are
+    recorded and updated on resume. On normal exit the end time is recorded.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    parameters, seed = json.loads(json.dumps([parameters, seed], default=str))
+    if path.exists():
+        old = read_manifest(run_dir)
+        if old.get("parameters") != parameters or old.get("seed") != seed:
+            keys = sorted(set(old.get("parameters", {})) | set(parameters))
+            diff = [k for k in keys if old.get("parameters", {}).get(k) != parameters.get(k)]
+            if old.get("seed") != seed:
+                diff.append("seed")
+            raise ValueError(
+                f"run folder {run_dir} holds a run with different parameters ({', '.join(diff)}); "
+                "runs are immutable: choose a new output folder"
+            )
+        old.setdefault("resumed", []).append(_now())
+        old.update(extra)
+        old["end_time"] = None
+        _write_json_atomic(path, old)
+    else:
+        write_manifest(run_dir, parameters, seed=seed, device=device, **extra)
+    yield path
+    finish_manifest(run_dir)
+
+
+def finish_manifest(run_dir) -> dict:
+    """Stamp the end time into run_dir/manifest.json (atomically) and return the manifest."""
+    manifest = read_manifest(run_dir)
+    manifest["end_time"] = _now()
+    _write_json_atomic(Path(run_dir) / MANIFEST, manifest)
+    return manifest

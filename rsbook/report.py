@@ -1,0 +1,179 @@
+"""Chapter plumbing: a chapter's run folder, its ours-vs-paper records, and the book's scoreboard.
+
+A chapter creates one ChapterRun; every table it reproduces goes through `ChapterRun.compare`,
+which compares with the published numbers (rsbook.published), records the cells in the run
+folder's comparisons.csv, and returns a table for display. `scoreboard` gathers those records for
+every table of every document. Writes only under the runs folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rsbook import published
+from rsbook.analysis import STATUSES, compare, table_status
+from rsbook.logs import finish_manifest, read_manifest, write_manifest
+from rsbook.paths import runs_dir
+
+__all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without_tables", "comparison_table", "COMPARISONS"]
+
+COMPARISONS = "comparisons.csv"
+_STATUS_COLORS = {STATUSES[1]: "#fff3c4", STATUSES[2]: "#ffd6d6"}
+
+
+class ChapterRun:
+    """The run folder <runs>/<chapter>/<profile>/ of one execution of a chapter.
+
+    Creating it writes the manifest (parameters, versions, commit, device, start time) and starts a
+    fresh comparisons.csv; `finish` stamps the end time.
+    """
+
+    def __init__(self, chapter: str, profile: str, parameters: dict, runs: Path | str | None = None):
+        if profile not in ("smoke", "default", "full"):
+            raise ValueError(f"profile must be 'smoke', 'default' or 'full', got {profile!r}")
+        self.chapter, self.profile = chapter, profile
+        self.dir = Path(runs) if runs is not None else runs_dir()
+        self.dir = self.dir / chapter / profile
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(self.dir, parameters, seed=parameters.get("seed"), chapter=chapter, profile=profile)
+        self._records: list[pd.DataFrame] = []
+        (self.dir / COMPARISONS).unlink(missing_ok=True)
+
+    def compare(self, document: str, table: str, ours: pd.DataFrame, section: str, *, n_examples=None,
+                z: float = 2.0, rel_tolerance=0.0, fmt: str = "{:.3f}"):
+        """Compare `ours` (rows and columns keyed as in the published table, accuracies as
+        fractions) with the paper's `table` of `document`, record every cell under the MyST label
+        `section`, and return (comparison, styled table). n_examples, z and rel_tolerance set the
+        tolerance; see rsbook.analysis.compare for the statuses."""
+        paper = published.table(document, table)
+        digits = published.decimals(document, table)
+        result = compare(ours, paper, decimals=digits, n_examples=n_examples, z=z, rel_tolerance=rel_tolerance)
+        self._records.append(result.assign(document=document, table=table, section=section, chapter=self.chapter))
+        self._save()
+        return result, comparison_table(result, paper.index.name, paper.columns.name, fmt=fmt)
+
+    def _recorded(self) -> pd.DataFrame:
+        if not self._records:
+            return pd.DataFrame(columns=["document", "table", "section", "chapter", "row", "column", "ours",
+                                         "paper", "delta", "tolerance", "status"])
+        return pd.concat(self._records, ignore_index=True)
+
+    def _save(self):
+        _write_csv_atomic(self._recorded(), self.dir / COMPARISONS)
+
+    def status(self, document: str, table: str) -> str:
+        """The recorded status of one table (see rsbook.analysis.table_status); 'not yet
+        reproduced' when nothing was recorded for it."""
+        frame = self._recorded()
+        return table_status(frame[(frame["document"] == document) & (frame["table"] == table)])
+
+    def differences(self) -> pd.DataFrame:
+        """Every recorded cell whose status is 'differs': document, table, row, column, paper, ours, delta."""
+        frame = self._recorded()
+        frame = frame[frame["status"] == STATUSES[2]]
+        return frame[["document", "table", "row", "column", "paper", "ours", "delta"]].reset_index(drop=True)
+
+    def finish(self) -> dict:
+        """Stamp the end time in the manifest and return it."""
+        return finish_manifest(self.dir)
+
+    def provenance(self, artifacts=()) -> pd.DataFrame:
+        """A two-column table for the chapter's provenance section: run folder, profile,
+        parameters, git commit, package versions, device, and the artifacts read (name, sha256)."""
+        manifest = read_manifest(self.dir)
+        rows = [("run folder", str(self.dir)), ("profile", self.profile),
+                ("parameters", json.dumps(manifest["parameters"], sort_keys=True)),
+                ("git commit", manifest["git_commit"] or "not a git checkout"), ("device", manifest["device"]),
+                ("started", manifest["start_time"])]
+        rows += [(f"version: {k}", v) for k, v in manifest["versions"].items() if v]
+        pinned = published.artifacts()
+        for name in artifacts:
+            sha = pinned.loc[pinned["name"] == name, "sha256"].iloc[0]
+            rows.append((f"artifact: {name}", f"sha256 {sha}"))
+        return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+
+
+def _write_csv_atomic(frame: pd.DataFrame, path: Path):
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            frame.to_csv(out, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _label(key) -> str:
+    return f"{key:g}" if isinstance(key, (float, np.floating)) else str(key)
+
+
+def comparison_table(result: pd.DataFrame, row_name: str | None = None, column_name: str | None = None,
+                     fmt: str = "{:.3f}"):
+    """Ours | paper | Δ as a styled table: the published layout, with three lines per published
+    row (ours, paper, Δ). Cells within tolerance are shaded yellow, cells that differ red."""
+    rows, columns = pd.unique(result["row"]), pd.unique(result["column"])
+    kinds = {"ours": "ours", "paper": "paper", "delta": "Δ"}
+    index = pd.MultiIndex.from_tuples([(_label(r), label) for r in rows for label in kinds.values()],
+                                      names=[row_name, ""])
+    values = np.stack([result.pivot(index="row", columns="column", values=kind).reindex(index=rows, columns=columns)
+                       .to_numpy(dtype=float) for kind in kinds], axis=1).reshape(len(index), len(columns))
+    table = pd.DataFrame(values, index=index, columns=pd.Index([_label(c) for c in columns], name=column_name))
+    status = result.pivot(index="row", columns="column", values="status").reindex(index=rows, columns=columns)
+    colors = np.repeat(np.vectorize(lambda s: f"background-color: {_STATUS_COLORS[s]}" if s in _STATUS_COLORS
+                                    else "")(status.to_numpy(dtype=object)), len(kinds), axis=0)
+    delta_rows = [key for key in table.index if key[1] == "Δ"]
+    return (table.style.format(fmt, na_rep="—")
+            .format(fmt.replace("{:", "{:+"), na_rep="—", subset=pd.IndexSlice[delta_rows, :])
+            .apply(lambda frame: pd.DataFrame(colors, index=frame.index, columns=frame.columns), axis=None))
+
+
+def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
+    """Every table (and group of in-text results) of every document with its status under
+    `profile`: reproduced exactly / within tolerance / differs / not yet reproduced, worst cell
+    first (rsbook.analysis.table_status), the chapter and section where it is reproduced, and the
+    number of cells compared. Reads <runs>/*/<profile>/comparisons.csv."""
+    root = Path(runs) if runs is not None else runs_dir()
+    records = [pd.read_csv(path, dtype={"row": str, "column": str})
+               for path in sorted(root.glob(f"*/{profile}/{COMPARISONS}"))]
+    recorded = pd.concat(records, ignore_index=True) if records else pd.DataFrame(
+        columns=["document", "table", "chapter", "section", "status"])
+    out = []
+    for row in published.tables().itertuples():
+        cells = recorded[(recorded["document"] == row.document) & (recorded["table"] == row.table)]
+        out.append({
+            "document": row.document,
+            "table": row.table,
+            "kind": row.kind,
+            "title": row.title,
+            "status": table_status(cells),
+            "cells": int(len(cells)),
+            "differing_cells": int((cells["status"] == STATUSES[2]).sum()) if len(cells) else 0,
+            "chapter": cells["chapter"].iloc[0] if len(cells) else None,
+            "section": cells["section"].iloc[0] if len(cells) else None,
+        })
+    board = pd.DataFrame(out)
+    board["document"] = pd.Categorical(board["document"], categories=list(published.DOCUMENTS), ordered=True)
+    return board.sort_values(["document"], kind="stable").reset_index(drop=True)
+
+
+def documents_without_tables() -> list[str]:
+    """Documents that have no table or numeric result to reproduce (e.g. the LP slides)."""
+    have = set(published.tables()["document"])
+    return [d for d in published.DOCUMENTS if d not in have]
+
+
+def scoreboard_markdown(board: pd.DataFrame, link_prefix: str = "") -> str:
+    """The scoreboard as a MyST table, each reproduced table linked to its section with {ref}."""
+    lines = ["| document | table | status | cells (differing) | where |", "|---|---|---|---|---|"]
+    for row in board.itertuples():
+        where = f"{{ref}}`{row.chapter} <{row.section}>`" if isinstance(row.section, str) else "—"
+        cells = f"{row.cells} ({row.differing_cells})" if row.cells else "—"
+        lines.append(f"| {row.document} | {row.table} | {row.status} | {cells} | {where} |")
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""The Gaussian-smoothed classifier g(x) = argmax_c P(f(x + eps) = c), eps ~ N(0, sigma^2 I), with the
+Monte Carlo PREDICT and CERTIFY of Cohen, Rosenfeld & Kolter 2019 (Sec. 3.2, App. C).
+
+The sampling loop stays on the device: noise is drawn in place into one reused buffer, the base
+classifier's predictions are counted with `torch.bincount` on the device, and each call makes one
+device-to-host transfer, at the end.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from scipy.stats import norm
+
+from rsbook._checks import check_alpha, check_positive_int, check_sigma
+from rsbook.stats import binomial_pvalue, clopper_pearson_lower
+
+__all__ = ["ABSTAIN", "Smooth"]
+
+_NOT_FINITE = "x must be finite: it holds NaN or infinite values"
+
+ABSTAIN = -1
+"""The class PREDICT and CERTIFY return when they decline to answer (the authors' logs write -1)."""
+
+
+class Smooth:
+    """A smoothed classifier around `base_classifier`.
+
+    base_classifier: callable mapping a batch of shape (B, *x.shape) to logits of shape
+        (B, num_classes); f(x) is the argmax. A `torch.nn.Module` should be in eval mode.
+    num_classes: number of classes (>= 2).
+    sigma: noise standard deviation, in the units of x (pixel space [0, 1] for images).
+    device: where sampling runs; defaults to the CPU. Inputs are moved there.
+    """
+
+    def __init__(self, base_classifier, num_classes: int, sigma: float, device=None):
+        if not callable(base_classifier):
+            raise ValueError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
+        if check_positive_int(num_classes, "num_classes") < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        self.base_classifier = base_classifier
+        self.num_classes = int(num_classes)
+        self.sigma = check_sigma(sigma)
+        self.device = torch.device("cpu" if device is None else device)
+        if isinstance(base_classifier, torch.nn.Module) and base_classifier.training:
+            warnings.warn(
+                "base_classifier is in training mode; batch-norm and dropout then make f depend on "
+                "the batch. Call .eval() before smoothing.",
+                stacklevel=2,
+            )
+
+    def predict(self, x, n: int, alpha: float, batch_size: int, generator=None) -> int:
+        """PREDICT (Cohen et al. 2019, Sec. 3.2.1): the top class of n noisy samples, or ABSTAIN.
+
+        Returns c_A only if the two-sided binomial test of n_A ~ Bin(n_A + n_B, 1/2) rejects at
+        level alpha, so that the returned class differs from g(x) with probability at most alpha
+        (Proposition 1). x: one example of any shape.
+        """
+        x, finite = self._validate(x, generator, alpha, batch_size, n=n)
+        with torch.inference_mode():
+            counts = self._count(x, n, batch_size, generator)
+            top = torch.topk(counts, 2)
+            n_a, n_b, c_a = self._to_host([top.values[0], top.values[1], top.indices[0]], finite)
+        if binomial_pvalue(n_a, n_b) > alpha:
+            return ABSTAIN
+        return int(c_a)
+
+    def certify(self, x, n0: int, n: int, alpha: float, batch_size: int, generator=None):
+        """CERTIFY (Cohen et al. 2019, Sec. 3.2.2): returns (prediction, radius) or (ABSTAIN, 0.0).
+
+        Guesses c_A from n0 samples, then draws n fresh samples and takes the one-sided (1 - alpha)
+        Clopper-Pearson lower bound p_A on P(f(x + eps) = c_A). If p_A < 1/2 it abstains, else it
+        returns c_A with radius sigma * Phi^-1(p_A) (Theorem 1 with p_B = 1 - p_A). With probability
+        at least 1 - alpha, a returned class is g(x') for every ||x' - x||_2 < radius (Proposition 2).
+        """
+        x, finite = self._validate(x, generator, alpha, batch_size, n0=n0, n=n)
+        with torch.inference_mode():
+            c_hat = self._count(x, n0, batch_size, generator).argmax()
+            n_a = self._count(x, n, batch_size, generator)[c_hat]
+            c_hat, n_a = self._to_host([c_hat, n_a], finite)
+        p_a = clopper_pearson_lower(n_a, n, alpha)
+        if p_a < 0.5:
+            return ABSTAIN, 0.0
+        return int(c_hat), float(self.sigma * norm.ppf(p_a))
+
+    def sample_counts(self, x, num: int, batch_size: int, generator=None) -> torch.Tensor:
+        """Class counts of f over `num` noisy copies of x: an int64 tensor of shape (num_classes,),
+        on the device (the SampleUnderNoise of Cohen et al., App. C)."""
+        x, finite = self._validate(x, generator, None, batch_size, num=num)
+        with torch.inference_mode():
+            counts = self._count(x, num, batch_size, generator)
+        if finite is not None:
+            self._to_host([], finite)
+        return counts
+
+    def _validate(self, x, generator, alpha, batch_size, **counts):
+        """Check the arguments of a call (ValueError naming the bad one); return _prepare(x)."""
+        for name, value in counts.items():
+            check_positive_int(value, name)
+        if alpha is not None:
+            check_alpha(alpha)
+        check_positive_int(batch_size, "batch_size")
+        self._check_generator(generator)
+        return self._prepare(x)
+
+    def _prepare(self, x):
+        """x on the sampling device, and None if x was checked finite on the host, else a device
+        flag that `_to_host` checks with the results, to keep one transfer per call."""
+        x = torch.as_tensor(x)
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        finite = None
+        if x.device.type == "cpu":
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(_NOT_FINITE)
+        else:
+            finite = torch.isfinite(x).all()
+        return x.to(self.device), finite
+
+    @staticmethod
+    def _to_host(values, finite) -> list[int]:
+        if finite is not None:
+            values = [*values, finite.to(torch.long)]
+        host = torch.stack(values).tolist()
+        if finite is not None and not host.pop():
+            raise ValueError(_NOT_FINITE)
+        return host
+
+    def _check_generator(self, generator):
+        if generator is not None and torch.device(generator.device).type != self.device.type:
+            raise ValueError(
+                f"generator lives on {generator.device}, but sampling runs on {self.device}; "
+                "create it with torch.Generator(device=...) on the sampling device"
+            )
+
+    def _count(self, x: torch.Tensor, num: int, batch_size: int, generator) -> torch.Tensor:
+        counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        buffer = torch.empty((min(batch_size, num), *x.shape), dtype=x.dtype, device=self.device)
+        remaining = num
+        while remaining > 0:
+            batch = buffer[: min(batch_size, remaining)]
+            batch.normal_(0.0, self.sigma, generator=generator)
+            batch.add_(x)
+            logits = self.base_classifier(batch)
+            if logits.shape != (batch.shape[0], self.num_classes):
+                raise ValueError(
+                    f"base_classifier must map a batch of shape {tuple(batch.shape)} to logits of shape "
+                    f"({batch.shape[0]}, {self.num_classes}); it returned {tuple(logits.shape)}"
+                )
+            counts += torch.bincount(logits.argmax(dim=1), minlength=self.num_classes)
+            remaining -= batch.shape[0]
+        return counts

@@ -1,0 +1,147 @@
+"""The book: chapters execute through papermill at the smoke profile, parameters reach them, the
+smoke build renders the computed tables, and a real browser loads every figure."""
+
+import html
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import book  # noqa: E402  (tools/book.py, the build script)
+
+pytestmark = pytest.mark.slow
+
+
+def _glued(notebook_path: Path) -> dict:
+    """name -> text/plain of every value a notebook glued (myst_nb.glue)."""
+    values = {}
+    for cell in nbformat.read(notebook_path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            record = output.get("metadata", {}).get("scrapbook")
+            if record:
+                values[record["name"]] = output["data"].get(record.get("mime_prefix", "") + "text/plain")
+    return values
+
+
+def test_every_chapter_has_one_parameters_cell_and_no_definitions():
+    # DESIGN.md conventions 1: chapters are thin — one parameters cell, no def or class.
+    import jupytext
+
+    for doc in book.toc_documents():
+        source = ROOT / "book" / f"{doc}.md"
+        notebook = jupytext.read(source)
+        tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{source} has {len(tagged)} parameters cells"
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert not any(line.lstrip().startswith(("def ", "class ")) for line in cell.source.splitlines()), \
+                    f"{source}: chapters call into rsbook; no def or class"
+
+
+def test_chapter_executes_at_smoke_and_a_parameter_changes_the_result(runs):
+    first = book.execute("chapters/cohen_logs", "smoke", runs)
+    glued = _glued(first)
+    comparisons = pd.read_csv(first.parent / "comparisons.csv")
+    assert {"Table 1", "Table 2", "Table 3", "Table 4"} <= set(comparisons.loc[comparisons["document"] == "cohen",
+                                                                               "table"])
+    manifest = json.loads((first.parent / "manifest.json").read_text())
+    assert manifest["parameters"]["max_rows"] == 200 and manifest["end_time"]
+    second = book.execute("chapters/cohen_logs", "smoke", runs, overrides={"sigma": 0.5}, force=True)
+    changed = _glued(second)
+    assert changed["sigma"] != glued["sigma"]
+    assert changed["fig8_cohen"] != glued["fig8_cohen"]  # Figure 8 (left) recomputed on the sigma = 0.5 log
+    assert json.loads((second.parent / "manifest.json").read_text())["parameters"]["sigma"] == 0.5
+
+
+def test_a_failing_chapter_reports_the_error(runs):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="KeyError"):
+        book.execute("chapters/cohen_logs", "smoke", runs, overrides={"sigma": 0.3}, force=True)
+    assert (runs / "cohen_logs" / "smoke" / "cohen_logs.failed.ipynb").exists()
+    assert not (runs / "cohen_logs" / "smoke" / "cohen_logs.ipynb").exists()
+
+
+def test_smoke_book_renders_table_2_with_computed_values(smoke_book):
+    runs_dir, html_dir = smoke_book
+    page = (html_dir / "chapters" / "cohen_logs.html").read_text()
+    cells = pd.read_csv(runs_dir / "cohen_logs" / "smoke" / "comparisons.csv")
+    table2 = cells[(cells["document"] == "cohen") & (cells["table"] == "Table 2")]
+    assert len(table2) == 21
+    for value in table2["ours"]:
+        assert f">{value:.3f}<" in page
+    intro = (html_dir / "intro.html").read_text()
+    assert "Scoreboard" in intro and "cohen_logs.html#cohen-logs-table-2" in intro
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI"):
+        pytest.fail("CI must install Debian's chromium (see .ci/run) for the browser check")
+    pytest.skip("no chromium on this machine: `apt-get install chromium` to run the browser check")
+
+
+_CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   "--hide-scrollbars"]
+
+_CHECKER = """<!doctype html><html><body>
+<iframe id="page" src="chapters/cohen_logs.html" width="1280" height="2000"></iframe>
+<pre id="result">pending</pre>
+<script>
+const frame = document.getElementById("page");
+frame.onload = () => {
+  const doc = frame.contentDocument;
+  const images = Array.from(doc.images);
+  images.forEach(img => { img.loading = "eager"; });
+  const report = () => {
+    if (!images.every(img => img.complete)) { setTimeout(report, 50); return; }
+    document.getElementById("result").textContent = JSON.stringify({
+      images: images.map(img => ({src: img.getAttribute("src"), loaded: img.naturalWidth > 0})),
+      text: doc.body.innerText});
+  };
+  report();
+};
+</script></body></html>"""
+
+
+def test_browser_loads_the_chapter_and_every_figure(smoke_book, tmp_path):
+    chromium = _chromium()
+    runs_dir, html_dir = smoke_book
+    (html_dir / "_browser_check.html").write_text(_CHECKER)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(html_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        flags = _CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+        dom = subprocess.run([chromium, *flags, "--virtual-time-budget=20000", "--dump-dom",
+                              f"{base}/_browser_check.html"], capture_output=True, text=True, timeout=120).stdout
+        screenshot = runs_dir / "cohen_logs" / "smoke" / "screenshot.png"
+        subprocess.run([chromium, *flags, "--window-size=1280,6000", f"--screenshot={screenshot}",
+                        f"{base}/chapters/cohen_logs.html"], capture_output=True, timeout=120)
+    finally:
+        server.shutdown()
+    marker = '<pre id="result">'
+    assert marker in dom, "the browser did not run the page check"
+    report = json.loads(html.unescape(dom.split(marker, 1)[1].split("</pre>", 1)[0]))
+    figures = [img for img in report["images"] if "_images/" in img["src"]]
+    assert len(figures) >= 6, report["images"]
+    assert all(img["loaded"] for img in report["images"]), [i for i in report["images"] if not i["loaded"]]
+    cells = pd.read_csv(runs_dir / "cohen_logs" / "smoke" / "comparisons.csv")
+    table2 = cells[(cells["document"] == "cohen") & (cells["table"] == "Table 2")]
+    for value in table2["ours"]:
+        assert f"{value:.3f}" in report["text"]
+    assert screenshot.exists() and screenshot.stat().st_size > 50_000

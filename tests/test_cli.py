@@ -1,0 +1,110 @@
+"""The `rsbook` command line: certify, predict, fetch; bad input; a killed run resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rsbook.cli import main
+from rsbook.logs import read_certify_log, read_manifest, read_predict_log
+
+RSBOOK = [sys.executable, "-m", "rsbook"]
+
+
+def _certify_args(checkpoint, out, *extra):
+    return ["certify", "--dataset", "digits", "--checkpoint", str(checkpoint), "--sigma", "0.25", "--n0", "100",
+            "--n", "1000", "--alpha", "0.001", "--batch", "500", "--skip", "1", "--seed", "0", "--out", str(out),
+            "--no-progress", *extra]
+
+
+def test_certify_contract_and_append_on_larger_max(tmp_path, digits_checkpoint, capsys):
+    log_path = tmp_path / "run" / "certify.tsv"
+    assert main(_certify_args(digits_checkpoint, log_path, "--max", "6")) == 0
+    assert capsys.readouterr().out.strip() == str(log_path)
+    first = read_certify_log(log_path)
+    assert first["idx"].tolist() == list(range(6))
+    assert main(_certify_args(digits_checkpoint, log_path, "--max", "9")) == 0
+    second = read_certify_log(log_path)
+    assert second["idx"].tolist() == list(range(9))
+    assert second.head(6)[["predict", "radius"]].equals(first[["predict", "radius"]])
+    manifest = read_manifest(log_path.parent)
+    assert manifest["parameters"]["checkpoint_sha256"] and manifest["parameters"]["arch"] == "digits_cnn"
+
+
+def test_predict_command(tmp_path, digits_checkpoint):
+    out = tmp_path / "p" / "predict.tsv"
+    code = main(["predict", "--dataset", "digits", "--checkpoint", str(digits_checkpoint), "--sigma", "0.25",
+                 "--n", "100", "--alpha", "0.001", "--batch", "100", "--max", "5", "--out", str(out), "--no-progress"])
+    assert code == 0 and len(read_predict_log(out)) == 5
+
+
+def test_certify_the_rancer_authors_model_on_their_points(runs, tmp_path, capsys):
+    # The RANCER 2-D pipeline's released weights are a bare state_dict: --arch names it.
+    assert main(["fetch", "tarasrumezhak/RANCER/pipeline_2D/weights/model_weights.pth"]) == 0
+    weights = capsys.readouterr().out.strip()
+    out = tmp_path / "rancer" / "certify.tsv"
+    assert main(["certify", "--dataset", "rancer_toy", "--checkpoint", weights, "--arch", "rancer_mlp", "--sigma",
+                 "0.25", "--n0", "100", "--n", "2000", "--alpha", "0.001", "--batch", "2000", "--out", str(out),
+                 "--no-progress"]) == 0
+    log = read_certify_log(out)
+    assert len(log) == 236 and log["correct"].mean() > 0.5
+    assert main(["certify", "--dataset", "rancer_toy", "--checkpoint", weights, "--sigma", "0.25",
+                 "--out", str(tmp_path / "x.tsv")]) == 2
+    assert "bare state_dict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, name", [("--sigma", "-0.5", "sigma"), ("--alpha", "1.5", "alpha"),
+                                               ("--n0", "0", "n0"), ("--n", "0", "n must"),
+                                               ("--batch", "0", "batch_size"), ("--dataset", "mnist", "dataset")])
+def test_bad_arguments_give_a_clear_error_and_no_log(tmp_path, digits_checkpoint, capsys, flag, value, name):
+    args = _certify_args(digits_checkpoint, tmp_path / "bad" / "certify.tsv", "--max", "2")
+    args[args.index(flag) + 1] = value
+    assert main(args) == 2
+    assert name in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # nothing half-written: no log, no manifest
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert main(_certify_args(tmp_path / "nope.pt", tmp_path / "log.tsv")) == 2
+    assert "nope.pt" in capsys.readouterr().err
+
+
+def test_fetch_list_and_errors(runs, capsys):
+    assert main(["fetch", "--list"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert len(listed) == 21 and all(len(line.split("\t")[1]) == 64 for line in listed)
+    assert main(["fetch", "no/such/artifact"]) == 2
+    assert "unknown artifact" in capsys.readouterr().err
+    assert main(["fetch"]) == 2
+
+
+def test_killed_process_resumes_without_losing_rows(tmp_path, digits_checkpoint):
+    """kill -9 in the middle of a run, rerun the same command: the log equals an uninterrupted
+    run's, except for the wall-clock time column."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["certify", "--dataset", "digits", "--checkpoint", str(digits_checkpoint), "--sigma", "0.5", "--n0",
+            "100", "--n", "20000", "--alpha", "0.001", "--batch", "2000", "--max", "12", "--seed", "3",
+            "--no-progress"]
+    whole = tmp_path / "whole" / "log.tsv"
+    subprocess.run(RSBOOK + args + ["--out", str(whole)], check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed" / "log.tsv"
+    proc = subprocess.Popen(RSBOOK + args + ["--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if killed.exists() and len(killed.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows_at_kill = len(read_certify_log(killed))
+    assert 3 <= rows_at_kill < 12, "the run finished before it could be killed; make it longer"
+    subprocess.run(RSBOOK + args + ["--out", str(killed)], check=True, env=env, capture_output=True)
+    a, b = read_certify_log(whole), read_certify_log(killed)
+    columns = ["idx", "label", "predict", "radius", "correct"]
+    assert a[columns].equals(b[columns])
+    assert np.all(b["time"] > 0)

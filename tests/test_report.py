@@ -1,0 +1,187 @@
+"""Chapter plumbing (DESIGN.md conventions 2, 3 and 6): a chapter's run folder with its manifest, its
+ours-vs-paper records, the provenance table, and the book's scoreboard of every published table.
+Uses Cohen et al. 2019 Tables 2 and 3 as the recorded tables."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsbook import published
+from rsbook.analysis import STATUSES
+from rsbook.report import COMPARISONS, ChapterRun, documents_without_tables, scoreboard, scoreboard_markdown
+
+EXACT, WITHIN, DIFFERS, MISSING = STATUSES
+PARAMS = {"seed": 0, "sigmas": [0.25, 0.5, 1.0], "max_rows": 50}
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    monkeypatch.setenv("RSBOOK_RUNS", str(root))
+    return root
+
+
+def _ours_table_2():
+    """Cohen Table 2 off by +0.0013 everywhere (reproduced exactly) except sigma 1.0, r 3.0 (differs)."""
+    ours = published.table("cohen", "Table 2") + 0.0013
+    ours.loc[1.0, 3.0] = 0.2
+    return ours
+
+
+def test_chapter_run_writes_manifest(runs):
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    assert run.dir == runs / "cohen" / "smoke"
+    manifest = json.loads((runs / "cohen" / "smoke" / "manifest.json").read_text())
+    assert manifest["parameters"] == PARAMS and manifest["seed"] == 0
+    assert (manifest["chapter"], manifest["profile"]) == ("cohen", "smoke")
+    assert manifest["end_time"] is None and "git_commit" in manifest
+    assert os.listdir(run.dir) == ["manifest.json"]
+
+
+def test_chapter_run_explicit_runs_folder(runs, tmp_path):
+    run = ChapterRun("fars", "default", {}, runs=tmp_path / "other")
+    assert run.dir == tmp_path / "other" / "fars" / "default" and (run.dir / "manifest.json").is_file()
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("profile", ["paper", "Smoke", ""])
+def test_chapter_run_rejects_unknown_profile(runs, profile):
+    with pytest.raises(ValueError, match=f"profile.*{profile!r}"):
+        ChapterRun("cohen", profile, PARAMS)
+    assert not runs.exists()
+
+
+def test_compare_records_and_styles(runs):
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    result, styled = run.compare("cohen", "Table 2", _ours_table_2(), "cohen-table-2")
+    assert len(result) == 21
+    assert (result["status"] == EXACT).sum() == 20
+    assert result.loc[(result["row"] == 1.0) & (result["column"] == 3.0), "status"].tolist() == [DIFFERS]
+
+    saved = pd.read_csv(run.dir / COMPARISONS)
+    assert len(saved) == 21
+    assert {"document", "table", "section", "chapter", "row", "column", "ours", "paper", "delta", "status"} <= set(saved)
+    assert set(saved["document"]) == {"cohen"} and set(saved["table"]) == {"Table 2"}
+    assert set(saved["section"]) == {"cohen-table-2"} and set(saved["chapter"]) == {"cohen"}
+    np.testing.assert_allclose(saved["ours"], result["ours"])
+    assert saved["status"].tolist() == result["status"].tolist()
+
+    html = styled.to_html()
+    assert "0.671" in html and "0.371" in html and "0.200" in html  # ours, formatted {:.3f}
+    assert "+0.080" in html  # the differing cell's delta
+    assert "#ffd6d6" in html  # and its colour
+
+
+def test_compare_tolerance_passes_through(runs):
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    ours = published.table("cohen", "Table 2") + 0.012
+    assert run.compare("cohen", "Table 2", ours, "t2")[0]["status"].eq(DIFFERS).all()
+    result, _ = run.compare("cohen", "Table 2", ours, "t2", n_examples=500)
+    assert set(result["status"]) == {WITHIN}
+    assert run.status("cohen", "Table 2") == DIFFERS  # both records count; the worst wins
+
+
+def test_status_and_differences(runs):
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    run.compare("cohen", "Table 2", _ours_table_2(), "cohen-table-2")
+    run.compare("cohen", "Table 3", published.table("cohen", "Table 3") - 0.003, "cohen-table-3")
+    assert run.status("cohen", "Table 2") == DIFFERS
+    assert run.status("cohen", "Table 3") == EXACT
+    diff = run.differences()
+    assert list(diff.columns) == ["document", "table", "row", "column", "paper", "ours", "delta"]
+    assert diff.drop(columns=["ours", "delta"]).values.tolist() == [["cohen", "Table 2", 1.0, 3.0, 0.12]]
+    assert diff["delta"].iloc[0] == pytest.approx(0.08, abs=1e-12)
+    assert len(pd.read_csv(run.dir / COMPARISONS)) == 21 + 28
+
+
+def test_new_run_starts_fresh_comparisons(runs):
+    ChapterRun("cohen", "smoke", PARAMS).compare("cohen", "Table 2", _ours_table_2(), "t2")
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    assert not (run.dir / COMPARISONS).exists()
+
+
+def test_finish_stamps_end_time(runs):
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    run.compare("cohen", "Table 2", _ours_table_2(), "t2")
+    manifest = run.finish()
+    assert manifest["end_time"] is not None
+    on_disk = json.loads((run.dir / "manifest.json").read_text())
+    assert on_disk["end_time"] == manifest["end_time"] and on_disk["parameters"] == PARAMS
+    assert pd.Timestamp(on_disk["end_time"]) >= pd.Timestamp(on_disk["start_time"])
+    assert sorted(os.listdir(run.dir)) == [COMPARISONS, "manifest.json"]  # no temp files
+
+
+def test_provenance(runs):
+    name = "locuslab/smoothing/data/certify/imagenet/resnet50/noise_1.00/test/sigma_1.00"
+    sha = published.artifacts().set_index("name").loc[name, "sha256"]
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    prov = run.provenance(artifacts=[name])
+    assert list(prov.columns) == ["value"]
+    assert prov.loc["run folder", "value"] == str(runs / "cohen" / "smoke")
+    assert prov.loc["profile", "value"] == "smoke"
+    assert json.loads(prov.loc["parameters", "value"]) == PARAMS
+    assert "git commit" in prov.index and prov.loc["git commit", "value"]
+    assert prov.loc[f"artifact: {name}", "value"] == f"sha256 {sha}"
+    assert "version: numpy" in prov.index and "version: torch" in prov.index
+    assert not any(i.startswith("artifact:") for i in run.provenance().index)
+
+
+# ----------------------------------------------------------------------------------------- scoreboard
+
+
+def test_scoreboard_with_nothing_recorded(runs):
+    board = scoreboard("smoke")
+    listed = published.tables()
+    assert len(board) == len(listed)
+    assert set(zip(board["document"], board["table"])) == set(zip(listed["document"], listed["table"]))
+    assert (board["status"] == MISSING).all()
+    assert (board["cells"] == 0).all()
+    assert list(board["document"].unique()) == ["notes", "cohen", "fars", "rancer"]  # DOCUMENTS order
+
+
+def test_scoreboard_after_recording(runs):
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    run.compare("cohen", "Table 2", _ours_table_2(), "cohen-table-2")
+    run.compare("cohen", "Table 3", published.table("cohen", "Table 3"), "cohen-table-3")
+    board = scoreboard("smoke").set_index(["document", "table"])
+    t2 = board.loc[("cohen", "Table 2")]
+    assert (t2["status"], t2["cells"], t2["differing_cells"]) == (DIFFERS, 21, 1)
+    assert (t2["chapter"], t2["section"]) == ("cohen", "cohen-table-2")
+    assert board.loc[("cohen", "Table 3"), "status"] == EXACT
+    assert board.loc[("notes", "Table 1"), "status"] == MISSING  # same table name, other document
+    assert board.loc[("cohen", "Table 1"), "status"] == MISSING
+    assert (board["status"] != MISSING).sum() == 2
+    # another profile sees none of it
+    assert (scoreboard("full")["status"] == MISSING).all()
+
+
+def test_scoreboard_explicit_runs_folder(runs, tmp_path):
+    run = ChapterRun("cohen", "default", PARAMS, runs=tmp_path / "elsewhere")
+    run.compare("cohen", "Table 2", _ours_table_2(), "cohen-table-2")
+    assert (scoreboard("default")["status"] == MISSING).all()
+    board = scoreboard("default", runs=tmp_path / "elsewhere")
+    assert (board["status"] != MISSING).sum() == 1
+
+
+def test_scoreboard_markdown(runs):
+    ChapterRun("cohen", "smoke", PARAMS).compare("cohen", "Table 2", _ours_table_2(), "cohen-table-2")
+    text = scoreboard_markdown(scoreboard("smoke"))
+    lines = text.splitlines()
+    assert lines[0].startswith("| document | table | status")
+    assert len(lines) == 2 + len(published.tables())
+    row = [line for line in lines if line.startswith("| cohen | Table 2 |")]
+    assert row == ["| cohen | Table 2 | differs | 21 (1) | {ref}`cohen <cohen-table-2>` |"]
+    assert text.count("{ref}") == 1  # tables not yet reproduced get no link
+
+
+def test_documents_without_tables():
+    assert documents_without_tables() == ["lp"]
+
+
+def test_status_before_anything_is_recorded(runs):
+    run = ChapterRun("empty", "smoke", {})
+    assert run.status("cohen", "Table 2") == "not yet reproduced"
+    assert run.differences().empty

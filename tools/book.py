@@ -1,0 +1,218 @@
+"""Build the book: execute each chapter with papermill at a profile, then render the executed
+notebooks with Jupyter Book 1.
+
+    python tools/book.py build   --profile default [--runs runs] [--out book] [--chapter NAME -p KEY VALUE ...]
+    python tools/book.py execute --profile smoke --chapter NAME [-p KEY VALUE ...]
+    python tools/book.py clean
+
+Chapters are jupytext MyST notebooks under book/. Each executes into <runs>/<name>/<profile>/<name>.ipynb
+with the profile's parameters (book/profiles.yml) and any -p overrides injected into its one
+`parameters` cell. An executed chapter is reused while its source, its parameters and the library
+(rsbook/) are unchanged; the root page (the scoreboard) is always executed last. The rendered
+HTML lands in <out>/_build/html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+PROFILES = ("smoke", "default", "full")
+
+
+def toc_documents(book: Path = BOOK) -> list[str]:
+    """Documents of _toc.yml in reading order, root first, as paths relative to book/ without suffix."""
+    toc = yaml.safe_load((book / "_toc.yml").read_text())
+    docs = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                docs.append(entry["file"])
+            walk(entry.get("sections"))
+            walk(entry.get("chapters"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    return docs
+
+
+def is_notebook(path: Path) -> bool:
+    """A MyST markdown file is a notebook when its front matter declares a kernel."""
+    text = path.read_text()
+    return text.startswith("---") and "kernelspec:" in text.split("---", 2)[1]
+
+
+def parameters_for(name: str, profile: str, overrides: dict) -> dict:
+    profiles = yaml.safe_load((BOOK / "profiles.yml").read_text()) or {}
+    if profile not in PROFILES:
+        raise SystemExit(f"profile must be one of {PROFILES}, got {profile!r}")
+    base = (profiles.get(name) or {}).get(profile) or {}
+    return {**base, **overrides, "profile": profile}
+
+
+def library_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "rsbook").rglob("*")):
+        if path.suffix in (".py", ".csv") and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def execute(doc: str, profile: str, runs: Path, overrides: dict | None = None, force: bool = False) -> Path:
+    """Execute one chapter at `profile` into its run folder; reuse a fresh result unless forced."""
+    import jupytext
+    import papermill
+
+    source = BOOK / f"{doc}.md"
+    name = Path(doc).name
+    params = parameters_for(name, profile, overrides or {})
+    run_dir = runs / name / profile
+    run_dir.mkdir(parents=True, exist_ok=True)
+    output, stamp = run_dir / f"{name}.ipynb", run_dir / "build.json"
+    key = hashlib.sha256(
+        (source.read_text() + json.dumps(params, sort_keys=True) + library_fingerprint()).encode()
+    ).hexdigest()
+    if not force and output.exists() and stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+        print(f"[book] {doc}: up to date at profile {profile} ({output})")
+        return output
+    notebook = jupytext.read(source)
+    tagged = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise SystemExit(f"{source}: expected exactly one cell tagged 'parameters', found {len(tagged)}")
+    partial = run_dir / f".{name}.partial.ipynb"
+    print(f"[book] {doc}: executing at profile {profile} with {params}")
+    started = time.perf_counter()
+    env_runs = os.environ.get("RSBOOK_RUNS")
+    os.environ["RSBOOK_RUNS"] = str(runs.resolve())
+    try:
+        papermill.execute_notebook(
+            notebook, str(partial), parameters=params, kernel_name="python3", cwd=str(run_dir),
+            progress_bar=False, log_output=False,
+        )
+    except Exception:
+        failed = run_dir / f"{name}.failed.ipynb"
+        if partial.exists():
+            os.replace(partial, failed)
+        print(f"[book] {doc}: execution failed; the notebook with the error is {failed}", file=sys.stderr)
+        raise
+    finally:
+        if env_runs is None:
+            os.environ.pop("RSBOOK_RUNS", None)
+        else:
+            os.environ["RSBOOK_RUNS"] = env_runs
+    _inherit_parameter_tags(partial)
+    os.replace(partial, output)
+    (run_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    stamp.write_text(json.dumps({"key": key, "parameters": params, "seconds": time.perf_counter() - started}))
+    print(f"[book] {doc}: done in {time.perf_counter() - started:.1f} s")
+    return output
+
+
+def _inherit_parameter_tags(path: Path):
+    """Give papermill's injected-parameters cell the display tags (e.g. remove-cell) of the
+    chapter's own parameters cell, so both render alike."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    tags = next((c.metadata.get("tags", []) for c in notebook.cells if "parameters" in c.metadata.get("tags", [])), [])
+    display = [t for t in tags if t.startswith(("remove", "hide"))]
+    for cell in notebook.cells:
+        cell_tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in cell_tags:
+            cell.metadata["tags"] = cell_tags + [t for t in display if t not in cell_tags]
+    nbformat.write(notebook, path)
+
+
+def render(profile: str, runs: Path, out: Path, executed: dict[str, Path]) -> Path:
+    """Stage book/ with the executed notebooks in place of their sources and render HTML."""
+    stage = out / "_build" / ".stage" / profile
+    shutil.rmtree(stage, ignore_errors=True)
+    for path in BOOK.rglob("*"):
+        rel = path.relative_to(BOOK)
+        if rel.parts[0] in ("_build",) or path.is_dir() or rel.name == "profiles.yml":
+            continue
+        if path.suffix == ".md" and rel.with_suffix("").as_posix() in executed:
+            continue
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, stage / rel)
+    for doc, notebook in executed.items():
+        (stage / doc).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(notebook, stage / f"{doc}.ipynb")
+    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(stage), "--path-output", str(out),
+               "--builder", "html", "--all", "-W", "--keep-going"]
+    print(f"[book] rendering: {' '.join(command)}")
+    subprocess.run(command, check=True)
+    html = out / "_build" / "html"
+    print(f"[book] HTML book at {html / 'index.html'}")
+    return html
+
+
+def build(profile: str, runs: Path, out: Path, chapter: str | None = None, overrides: dict | None = None) -> Path:
+    docs = toc_documents()
+    if chapter is not None and chapter not in [Path(d).name for d in docs]:
+        raise SystemExit(f"no chapter {chapter!r} in book/_toc.yml; chapters: {[Path(d).name for d in docs]}")
+    executed = {}
+    for doc in docs[1:]:
+        if is_notebook(BOOK / f"{doc}.md"):
+            named = Path(doc).name == chapter
+            executed[doc] = execute(doc, profile, runs, overrides if named else None, force=named)
+    root = docs[0]
+    if is_notebook(BOOK / f"{root}.md"):
+        executed[root] = execute(root, profile, runs, force=True)
+    return render(profile, runs, out, executed)
+
+
+def clean(runs: Path, out: Path):
+    """Remove the rendered book and the executed chapters; keep artifacts and other run folders."""
+    shutil.rmtree(out / "_build", ignore_errors=True)
+    for doc in toc_documents():
+        shutil.rmtree(runs / Path(doc).name, ignore_errors=True)
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["build", "execute", "clean"])
+    parser.add_argument("--profile", default="default", choices=PROFILES)
+    parser.add_argument("--runs", type=Path, default=Path(os.environ.get("RSBOOK_RUNS") or ROOT / "runs"))
+    parser.add_argument("--out", type=Path, default=BOOK, help="the HTML goes to OUT/_build/html")
+    parser.add_argument("--chapter", help="chapter name (file name without .md) to (re-)execute")
+    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override a chapter parameter (YAML value), e.g. -p sigma 0.5")
+    args = parser.parse_args(argv)
+    overrides = {name: _parse_value(value) for name, value in args.param}
+    if overrides and not args.chapter:
+        parser.error("-p overrides need --chapter (they apply to one chapter)")
+    runs, out = args.runs.resolve(), args.out.resolve()
+    if args.command == "build":
+        build(args.profile, runs, out, args.chapter, overrides)
+    elif args.command == "execute":
+        if not args.chapter:
+            parser.error("execute needs --chapter")
+        doc = next((d for d in toc_documents() if Path(d).name == args.chapter), None)
+        if doc is None:
+            parser.error(f"no chapter {args.chapter!r} in book/_toc.yml")
+        execute(doc, args.profile, runs, overrides, force=True)
+    else:
+        clean(runs, out)
+
+
+if __name__ == "__main__":
+    main()
