@@ -31,6 +31,7 @@ __all__ = [
     "radius_cap",
     "implied_alpha",
     "printed_resolution",
+    "significant_digits",
     "audit_certify_logs",
     "consistent_alpha",
     "compare",
@@ -215,6 +216,18 @@ def printed_resolution(value: float, significant: int = 3) -> float:
     return 0.5 * 10.0 ** (np.floor(np.log10(abs(value))) - significant + 1)
 
 
+def significant_digits(values) -> int:
+    """The most significant digits any of `values` is written with (shortest round-trip form):
+    the authors' logs give 3 (0.978, 1.96, 0.0734); full-precision logs give up to 17."""
+    most = 0
+    for value in np.asarray(values, dtype=float).ravel():
+        if value == 0 or not np.isfinite(value):
+            continue
+        mantissa = repr(abs(float(value))).split("e")[0].replace(".", "").lstrip("0").rstrip("0")
+        most = max(most, len(mantissa))
+    return most
+
+
 def audit_certify_logs(entries: pd.DataFrame, alpha: float, n: int) -> pd.DataFrame:
     """What a released log says about the protocol that produced it.
 
@@ -223,14 +236,15 @@ def audit_certify_logs(entries: pd.DataFrame, alpha: float, n: int) -> pd.DataFr
     Per log: rows held, rows expected from the release's stride (ceil(split_size / stride)) and
     from the paper's protocol, the largest radius, CERTIFY's cap at the stated alpha and n
     (radius_cap), and the smallest alpha consistent with the largest radius (implied_alpha, as
-    an interval over the 3-significant-digit rounding). exceeds_cap marks logs that cannot have
-    been produced with the stated alpha and n.
+    an interval over the rounding of the printed radius: its significant_digits). exceeds_cap
+    marks logs that cannot have been produced with the stated alpha and n.
     """
     records = []
     for row in entries.itertuples():
         sigma = float(row.sigma)
         r_max = float(row.log["radius"].max())
-        low, high = implied_alpha(r_max, sigma, n, printed_resolution(r_max))
+        resolution = printed_resolution(r_max, significant_digits(row.log["radius"]))
+        low, high = implied_alpha(r_max, sigma, n, resolution)
         cap = float(radius_cap(sigma, n, alpha))
         records.append(
             {
@@ -245,7 +259,7 @@ def audit_certify_logs(entries: pd.DataFrame, alpha: float, n: int) -> pd.DataFr
                 "cap": cap,
                 "implied_alpha_low": low,
                 "implied_alpha_high": high,
-                "exceeds_cap": r_max - printed_resolution(r_max) > cap,
+                "exceeds_cap": r_max - resolution > cap,
             }
         )
     return pd.DataFrame.from_records(records)
@@ -264,7 +278,8 @@ def compare(ours: pd.DataFrame, paper: pd.DataFrame, decimals=None, n_examples=N
     standard errors sqrt(p (1 - p) / n) (for accuracies; leave None for other quantities) +
     rel_tolerance * |paper| (for approximate claims such as wall-clock times; a mapping gives it per
     column). Else
-    'differs'; a cell we have no value for is 'not yet reproduced'.
+    'differs'; a cell we have no value for is 'not yet reproduced'. Only cells the paper printed
+    (non-missing in `paper`) are compared.
     Returns a long frame: row, column, ours, paper, delta, tolerance, status.
     """
     ours = ours.reindex(index=paper.index, columns=paper.columns)
@@ -284,6 +299,7 @@ def compare(ours: pd.DataFrame, paper: pd.DataFrame, decimals=None, n_examples=N
             "decimals": decimals.to_numpy(dtype=float).ravel(),
         }
     )
+    long = long[long["paper"].notna()].reset_index(drop=True)  # cells the paper did not print
     long["delta"] = long["ours"] - long["paper"]
     half_unit = 0.5 * 10.0 ** (-long["decimals"])
     spread = 0.0 if n_examples is None else z * np.sqrt(long["ours"] * (1 - long["ours"]) / n_examples)

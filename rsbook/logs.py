@@ -17,12 +17,13 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+
+from rsbook._io import atomic_write
 
 __all__ = [
     "CERTIFY_COLUMNS",
@@ -267,16 +268,9 @@ def _describe_device(device) -> str:
 
 
 def _write_json_atomic(path: Path, payload: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(payload, out, indent=2, sort_keys=True, default=str)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as out:
+        json.dump(payload, out, indent=2, sort_keys=True, default=str)
+        out.write("\n")
 
 
 def read_manifest(run_dir) -> dict:

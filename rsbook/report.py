@@ -9,19 +9,19 @@ every table of every document. Writes only under the runs folder.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rsbook import published
+from rsbook._io import atomic_write
 from rsbook.analysis import STATUSES, compare, table_status
 from rsbook.logs import finish_manifest, read_manifest, write_manifest
 from rsbook.paths import runs_dir
 
-__all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without_tables", "comparison_table", "COMPARISONS"]
+__all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without_tables", "comparison_table",
+           "COMPARISONS"]
 
 COMPARISONS = "comparisons.csv"
 _STATUS_COLORS = {STATUSES[1]: "#fff3c4", STATUSES[2]: "#ffd6d6"}
@@ -65,7 +65,8 @@ class ChapterRun:
         return pd.concat(self._records, ignore_index=True)
 
     def _save(self):
-        _write_csv_atomic(self._recorded(), self.dir / COMPARISONS)
+        with atomic_write(self.dir / COMPARISONS, newline="") as out:
+            self._recorded().to_csv(out, index=False)
 
     def status(self, document: str, table: str) -> str:
         """The recorded status of one table (see rsbook.analysis.table_status); 'not yet
@@ -84,30 +85,20 @@ class ChapterRun:
         return finish_manifest(self.dir)
 
     def provenance(self, artifacts=()) -> pd.DataFrame:
-        """A two-column table for the chapter's provenance section: run folder, profile,
-        parameters, git commit, package versions, device, and the artifacts read (name, sha256)."""
+        """A two-column table (item, value) for the chapter's provenance section: run folder,
+        profile, parameters, git commit, package versions, device, and the artifacts read (path,
+        repository@commit and the start of the pinned SHA-256 every read was verified against)."""
         manifest = read_manifest(self.dir)
         rows = [("run folder", str(self.dir)), ("profile", self.profile),
                 ("parameters", json.dumps(manifest["parameters"], sort_keys=True)),
                 ("git commit", manifest["git_commit"] or "not a git checkout"), ("device", manifest["device"]),
                 ("started", manifest["start_time"])]
         rows += [(f"version: {k}", v) for k, v in manifest["versions"].items() if v]
-        pinned = published.artifacts()
+        pinned = published.artifacts().set_index("name")
         for name in artifacts:
-            sha = pinned.loc[pinned["name"] == name, "sha256"].iloc[0]
-            rows.append((f"artifact: {name}", f"sha256 {sha}"))
-        return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
-
-
-def _write_csv_atomic(frame: pd.DataFrame, path: Path):
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            frame.to_csv(out, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            row = pinned.loc[name]
+            rows.append((f"artifact: {row['path']}", f"{row['repo']}@{row['commit'][:10]}, sha256 {row['sha256'][:16]}…"))
+        return pd.DataFrame(rows, columns=["item", "value"])
 
 
 def _label(key) -> str:

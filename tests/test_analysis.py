@@ -25,6 +25,7 @@ from rsbook.analysis import (
     predict_breakdown,
     printed_resolution,
     radius_cap,
+    significant_digits,
     table_status,
 )
 from rsbook.logs import CERTIFY_COLUMNS, PREDICT_COLUMNS
@@ -335,3 +336,43 @@ def test_golden_consistent_alpha(released):
     assert low <= 0.01 <= high
     assert 0.001 < low  # the stated alpha = 0.001 is not consistent with the released logs
     assert consistent_alpha(audit_certify_logs(released, alpha=0.05, n=100000)) is None
+
+
+def test_significant_digits_of_printed_radii():
+    # the authors' certify.py prints radii with "%.3g"; our logs keep full precision
+    assert significant_digits([0.978, 1.96, 0.0734, 0.0, 0.4]) == 3
+    assert significant_digits([0.1 + 0.2]) == 17
+    assert significant_digits([]) == 0
+
+
+def test_curves_summary_and_stride_helpers():
+    from rsbook.analysis import (bound_curves, certified_accuracy_curves, high_probability_curve, index_stride,
+                                 predict_summary)
+
+    log = pd.DataFrame({"idx": [0, 20, 40, 60, 100], "label": [1, 2, 3, 4, 5], "predict": [1, 2, -1, 0, 5],
+                        "radius": [0.5, 0.25, 0.0, 0.75, 1.0], "correct": [1, 1, 0, 0, 1],
+                        "time": [2.0, 4.0, 6.0, 8.0, 10.0]})
+    curves = certified_accuracy_curves({"a": log}, name="model")
+    # steps at every distinct radius, starting at the standard accuracy
+    assert curves["radius"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert curves["certified_accuracy"].tolist() == pytest.approx([0.6, 0.6, 0.4, 0.2, 0.2])
+    assert index_stride(log) == 20
+    with pytest.raises(ValueError, match="two rows"):
+        index_stride(log.head(1))
+    summary = predict_summary({100: log})
+    assert summary.loc[100, "time_per_prediction"] == 6.0
+    assert summary.loc[100, "top1_accuracy"] == pytest.approx(0.6)
+    assert summary.loc[100, "abstain"] == pytest.approx(0.2)
+    hp = high_probability_curve(log, [0.0, 0.5], alpha=0.001, rho=0.01)
+    assert np.all(hp["high_probability"] < hp["approximate"]) and hp["approximate"].tolist() == [0.6, 0.4]
+    bc = bound_curves(1.0, [0.9, 0.99])
+    at = bc.set_index(["bound", "p_a"])["radius"]
+    assert at[("Cohen et al.", 0.99)] == pytest.approx(2.326, abs=1e-3)
+    assert at[("Lecuyer et al.", 0.99)] < at[("Li et al.", 0.99)] < at[("Cohen et al.", 0.99)]
+
+
+def test_compare_only_judges_cells_the_paper_printed():
+    paper = pd.DataFrame({"a": [0.5, np.nan], "b": [np.nan, 0.25]}, index=[1, 2])
+    ours = pd.DataFrame({"a": [0.5, 0.9], "b": [0.1, 0.25]}, index=[1, 2])
+    result = compare(ours, paper, decimals=2)
+    assert len(result) == 2 and set(result["status"]) == {"reproduced exactly"}

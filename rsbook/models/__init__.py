@@ -6,12 +6,12 @@ A bare state_dict (as the RANCER authors release) is also accepted when its arch
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from rsbook._io import atomic_write
 
 __all__ = ["ARCHITECTURES", "build", "save_checkpoint", "load_checkpoint", "DigitsCNN", "RancerMLP"]
 
@@ -54,8 +54,6 @@ def build(arch: str, num_classes: int) -> nn.Module:
 
 def save_checkpoint(path, model: nn.Module, arch: str, dataset: str, noise_sd: float, epoch: int, optimizer=None):
     """Write a checkpoint atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "arch": arch,
         "dataset": dataset,
@@ -64,14 +62,8 @@ def save_checkpoint(path, model: nn.Module, arch: str, dataset: str, noise_sd: f
         "epoch": int(epoch),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
     }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as out:
+        torch.save(payload, out)
 
 
 def load_checkpoint(path, num_classes: int, arch: str | None = None, device=None) -> tuple[nn.Module, dict]:

@@ -12,9 +12,6 @@ into the cache under the runs folder, from $RSBOOK_MIRROR when set, else from it
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from functools import lru_cache
@@ -23,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rsbook._io import atomic_write
 from rsbook.paths import mirror_dir, runs_dir
 
 __all__ = [
@@ -187,39 +185,34 @@ def fetch(name: str, cache: Path | str | None = None) -> Path:
         if _sha256(target) == expected:
             return target
         target.unlink()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            mirror = mirror_dir()
-            if mirror is not None:
-                source = mirror / name
-                if not source.is_file():
-                    raise FileNotFoundError(
-                        f"artifact {name} is not in RSBOOK_MIRROR={mirror} (expected {source}, sha256 {expected})"
-                    )
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, out)
-                origin = str(source)
-            else:
-                origin = artifact_url(name)
-                try:
-                    with urllib.request.urlopen(origin, timeout=60) as response:
-                        shutil.copyfileobj(response, out)
-                except (urllib.error.URLError, OSError) as err:
-                    raise ConnectionError(
-                        f"could not download artifact {name} from {origin} ({err}); set RSBOOK_MIRROR to a local "
-                        f"copy laid out as <owner>/<repo>/<path> (expected sha256 {expected})"
-                    ) from err
-        actual = _sha256(tmp)
-        if actual != expected:
+    mirror = mirror_dir()
+    digest = hashlib.sha256()
+    with atomic_write(target, "wb") as out:
+        if mirror is not None:
+            origin = str(mirror / name)
+            if not (mirror / name).is_file():
+                raise FileNotFoundError(
+                    f"artifact {name} is not in RSBOOK_MIRROR={mirror} (expected {origin}, sha256 {expected})"
+                )
+            source = open(mirror / name, "rb")
+        else:
+            origin = artifact_url(name)
+            try:
+                source = urllib.request.urlopen(origin, timeout=60)
+            except (urllib.error.URLError, OSError) as err:
+                raise ConnectionError(
+                    f"could not download artifact {name} from {origin} ({err}); set RSBOOK_MIRROR to a local "
+                    f"copy laid out as <owner>/<repo>/<path> (expected sha256 {expected})"
+                ) from err
+        with source:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != expected:
             raise ChecksumError(
-                f"checksum mismatch for artifact {name} from {origin}: expected sha256 {expected}, got {actual}"
+                f"checksum mismatch for artifact {name} from {origin}: expected sha256 {expected}, "
+                f"got {digest.hexdigest()}"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
