@@ -6,7 +6,7 @@ Logs are DataFrames as returned by `rsbook.logs.read_log`. Accuracies are fracti
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd

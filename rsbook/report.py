@@ -97,7 +97,8 @@ class ChapterRun:
         pinned = published.artifacts().set_index("name")
         for name in artifacts:
             row = pinned.loc[name]
-            rows.append((f"artifact: {row['path']}", f"{row['repo']}@{row['commit'][:10]}, sha256 {row['sha256'][:16]}…"))
+            pinned_at = f"{row['repo']}@{row['commit'][:10]}, sha256 {row['sha256'][:16]}…"
+            rows.append((f"artifact: {row['path']}", pinned_at))
         return pd.DataFrame(rows, columns=["item", "value"])
 
 

@@ -43,7 +43,7 @@ def digits_checkpoint(tmp_path_factory):
     model = build("digits_cnn", 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = train.x, train.labels
-    for step in range(300):
+    for _ in range(300):
         batch = torch.randint(0, len(y), (64,))
         noisy = x[batch] + 0.25 * torch.randn_like(x[batch])
         loss = torch.nn.functional.cross_entropy(model(noisy), y[batch])
