@@ -8,8 +8,9 @@ OUT ?= book
 CH ?=
 ARGS ?=
 PYTEST_ARGS ?=
+export RSBOOK_BENCH ?= $(CURDIR)/benchmarks/results/latest.json
 
-.PHONY: venv book chapter test clean
+.PHONY: venv book chapter test bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ chapter: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) benchmarks/bench_certify.py --out $(RSBOOK_BENCH)
 
 clean:
 	if [ -x $(PY) ]; then $(PY) tools/book.py clean --runs $(RUNS) --out $(OUT); else rm -rf $(OUT)/_build; fi

@@ -34,6 +34,8 @@ __all__ = [
     "significant_digits",
     "audit_certify_logs",
     "consistent_alpha",
+    "counts_from_radius",
+    "resampled_certified_accuracy",
     "compare",
     "table_status",
     "STATUSES",
@@ -350,3 +352,44 @@ def consistent_alpha(audit: pd.DataFrame):
         return None
     low, high = float(over["implied_alpha_low"].max()), float(over["implied_alpha_high"].min())
     return (low, high) if low <= high else None
+
+
+def counts_from_radius(radius, sigma: float, n: int, alpha: float) -> np.ndarray:
+    """The top-class count n_A behind each certified radius: the k in [0, n] whose one-sided
+    Clopper-Pearson bound sigma * Phi^-1(CP(k, n, alpha)) is closest to the radius (exact for
+    full-precision radii, since CP is increasing in k). Rows with radius 0 (abstentions) give -1:
+    their count is not recoverable from the log."""
+    from rsbook.stats import clopper_pearson_lower
+
+    target = norm.cdf(np.asarray(radius, dtype=float) / sigma)
+    low = np.zeros(target.shape, dtype=np.int64)
+    high = np.full(target.shape, n, dtype=np.int64)
+    while np.any(low < high):  # smallest k with CP(k) >= target, by vectorised bisection
+        mid = (low + high) // 2
+        below = clopper_pearson_lower(mid, n, alpha) < target - 1e-12
+        low = np.where(below & (low < high), mid + 1, low)
+        high = np.where(~below & (low < high), mid, high)
+    neighbours = np.stack([np.maximum(low - 1, 0), low])
+    errors = np.abs(clopper_pearson_lower(neighbours, n, alpha) - target)
+    counts = np.take_along_axis(neighbours, errors.argmin(axis=0)[None], axis=0)[0]
+    return np.where(np.asarray(radius) > 0, counts, -1)
+
+
+def resampled_certified_accuracy(log: pd.DataFrame, sigma: float, n: int, alpha: float, radii,
+                                 n_new: int | None = None, alpha_new: float | None = None) -> pd.Series:
+    """Certified accuracy had CERTIFY fed Clopper-Pearson n_new samples with the same proportion
+    n_A / n, and/or used alpha_new (Cohen et al. Fig. 8 middle and right, App. J.2: the simulated
+    count is not changed, only what the confidence bound is given). Counts are recovered from the
+    radii (counts_from_radius); abstained rows stay abstained."""
+    from rsbook.stats import clopper_pearson_lower
+
+    _check_log(log)
+    n_new = n if n_new is None else int(n_new)
+    alpha_new = alpha if alpha_new is None else alpha_new
+    counts = counts_from_radius(log["radius"].to_numpy(dtype=float), sigma, n, alpha)
+    answered = counts >= 0
+    scaled = np.clip(np.round(np.where(answered, counts, 0) / n * n_new), 0, n_new).astype(np.int64)
+    p_a = clopper_pearson_lower(scaled, n_new, alpha_new)
+    radius = np.where(answered & (p_a >= 0.5), sigma * norm.ppf(np.clip(p_a, 0.5, 1.0)), 0.0)
+    correct = (log["correct"].to_numpy() == 1) & answered & (p_a >= 0.5)
+    return certified_accuracy(log.assign(radius=radius, correct=correct.astype(int)), radii)

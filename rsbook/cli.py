@@ -3,15 +3,24 @@
     rsbook certify --dataset rancer_toy --checkpoint CKPT [--arch rancer_mlp] --sigma 0.25 --n0 100 --n 100000
                    --alpha 0.001 --batch 1000 [--skip 1] [--max -1] [--seed 0] --out runs/x/certify.tsv
     rsbook predict --dataset digits --checkpoint CKPT --sigma 0.25 --n 1000 --alpha 0.001 --batch 500 --out LOG
+    rsbook train --dataset digits --arch digits_cnn --noise-sd 0.25 --epochs 30 --seed 0 --out runs/digits/0.25
     rsbook fetch [NAME ...] [--all] [--list]
+
+Under `torchrun --nproc_per_node=K -m rsbook certify ...` each process certifies a disjoint shard of
+the examples and rank 0 merges the shards into the log. torchrun's own parser reads `--n` and `--max`
+as ambiguous abbreviations of its --nnodes/--nproc-per-node and --max-restarts and stops; pass them
+as `-n` (or `--num-samples`) and `--max-index` there.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 __all__ = ["main", "build_parser"]
 
@@ -24,11 +33,13 @@ def _add_smoothing_arguments(parser: argparse.ArgumentParser, certify: bool):
     parser.add_argument("--sigma", required=True, type=float, help="noise standard deviation, in input units")
     if certify:
         parser.add_argument("--n0", type=int, default=100, help="samples to guess the top class (default 100)")
-    parser.add_argument("--n", type=int, default=100000, help="samples to estimate p_A (default 100,000)")
+    parser.add_argument("--n", "-n", "--num-samples", dest="n", type=int, default=100000,
+                        help="samples to estimate p_A (default 100,000); under torchrun write -n or --num-samples")
     parser.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
     parser.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass (default 1000)")
     parser.add_argument("--skip", type=int, default=1, help="use every skip-th example (default 1)")
-    parser.add_argument("--max", type=int, default=-1, help="stop before this example index (default: all)")
+    parser.add_argument("--max", "--max-index", dest="max", type=int, default=-1,
+                        help="stop before this example index (default: all); under torchrun write --max-index")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-example noise streams (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="log file; its folder receives manifest.json")
@@ -43,6 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_smoothing_arguments(certify, certify=True)
     predict = commands.add_parser("predict", help="PREDICT every selected example of a dataset (Cohen et al. 2019)")
     _add_smoothing_arguments(predict, certify=False)
+    train = commands.add_parser("train", help="train a base classifier with Gaussian noise augmentation "
+                                "(Cohen et al. 2019, Sec. 3.3)")
+    train.add_argument("--dataset", required=True, help="dataset name (rsbook.data.DATASETS)")
+    train.add_argument("--arch", required=True, help="architecture (rsbook.models.ARCHITECTURES)")
+    train.add_argument("--noise-sd", required=True, type=float, help="training noise level sigma")
+    train.add_argument("--epochs", type=int, default=90, help="epochs (default 90, the paper's)")
+    train.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
+    train.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
+    train.add_argument("--lr-step", type=int, default=30, help="multiply the lr by 0.1 every this many epochs")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    train.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (default 1e-4)")
+    train.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    train.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation and noise")
+    train.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    train.add_argument("--out", required=True, type=Path, help="folder for checkpoint.pt, train_log.tsv, manifest")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
     fetch = commands.add_parser("fetch", help="fetch the authors' released artifacts into the cache")
     fetch.add_argument("names", nargs="*", help="artifact names (see --list)")
     fetch.add_argument("--all", action="store_true", help="fetch every pinned artifact")
@@ -60,10 +87,14 @@ def _smooth_command(args) -> Path:
     from rsbook.models import load_checkpoint
     from rsbook.smooth import Smooth
 
+    device = args.device
+    if torch.distributed.is_initialized() and torch.device(device).type == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     dataset = load_dataset(args.dataset, args.split)
     classes = num_classes(args.dataset)
-    model, checkpoint = load_checkpoint(args.checkpoint, classes, arch=args.arch, device=args.device)
-    smooth = Smooth(model, classes, args.sigma, device=args.device)
+    model, checkpoint = load_checkpoint(args.checkpoint, classes, arch=args.arch, device=device,
+                                        dataset=args.dataset)
+    smooth = Smooth(model, classes, args.sigma, device=device)
     parameters = {"dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint),
                   "checkpoint_sha256": _sha256(args.checkpoint), "arch": checkpoint["arch"]}
     common = dict(alpha=args.alpha, batch_size=args.batch, skip=args.skip, max_index=args.max, seed=args.seed,
@@ -88,16 +119,42 @@ def _fetch_command(args):
         print(published.fetch(name))
 
 
+def _train_command(args) -> Path:
+    from rsbook.train import train
+
+    return train(args.dataset, args.arch, args.noise_sd, args.epochs, args.out, seed=args.seed,
+                 batch_size=args.batch, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                 lr_step=args.lr_step, workers=args.workers, device=args.device, progress=not args.no_progress)
+
+
+def _init_distributed(device: str) -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on the CPU, nccl on GPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend)
+    return True
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    distributed = False
     try:
         if args.command in ("certify", "predict"):
-            print(_smooth_command(args))
+            distributed = _init_distributed(args.device)
+            path = _smooth_command(args)
+            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+                print(path)
+        elif args.command == "train":
+            print(_train_command(args))
         else:
             _fetch_command(args)
     except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"rsbook {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
     return 0

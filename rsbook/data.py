@@ -1,19 +1,44 @@
-"""Datasets, as (x, label) sequences with x a float tensor in [0, 1] pixel space (or raw
-coordinates for 2-D toy data), so that noise and radii are measured in input units.
+"""Datasets, as (x, label) sequences with x a float32 tensor in [0, 1] pixel space (or raw
+coordinates for 2-D toy data), so that noise and radii are measured in input units
+(Cohen et al. 2019 add the noise to pixels and standardise inside the model, App. J.2).
 
 Embedded (no download, no RSBOOK_DATA needed):
   digits      scikit-learn's bundled 8x8 digits, shape (1, 8, 8), 10 classes, a fixed seeded split
   rancer_toy  the 236 two-dimensional test points of the RANCER thesis's 2-D pipeline (2 classes),
               fetched from the authors' pinned repository (rsbook.published.fetch)
+
+Full scale, read from $RSBOOK_DATA (rsbook.paths.data_dir) in their usual on-disk layouts; nothing
+is ever downloaded:
+  cifar10     $RSBOOK_DATA/cifar-10-batches-py/{data_batch_1..5,test_batch}: the CIFAR-10 "python
+              version" (pickled dicts, b'data' uint8 (N, 3072) as R, G, B planes of 32x32 row-major,
+              b'labels'); shape (3, 32, 32), 10 classes, 50,000 train / 10,000 test images
+  imagenet    $RSBOOK_DATA/imagenet/{train,val}/<class>/<image>: torchvision ImageFolder layout (val
+              sorted into class folders); shape (3, 224, 224), 1000 classes
+  imagenette  $RSBOOK_DATA/imagenette/{train,val}/<class>/<image>: the same layout, 10 classes (the
+              "ImageNet-10" of the FaRS paper: 9,469 train / 3,925 val images)
+
+Labels of an ImageFolder dataset are indices into its sorted class-folder names (ImageNet's 1000
+WordNet ids give the standard class order). For imagenet and imagenette the split 'test' reads val/.
+
+Augmentation (`augment=True`, split 'train' only; Cohen et al. App. J.2, as in their code base):
+CIFAR-10 random 32x32 crop of the image zero-padded by 4 + random horizontal flip; ImageNet and
+Imagenette RandomResizedCrop(224) + random horizontal flip. Evaluation transforms are deterministic:
+CIFAR-10 none, ImageNet/Imagenette Resize(256) + CenterCrop(224). Random transforms draw from torch's
+global generator (seeded by torch.manual_seed, and per worker by a DataLoader's generator).
 """
 
 from __future__ import annotations
+
+import pickle
+from functools import partial
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["ArrayDataset", "load_dataset", "num_classes", "DATASETS"]
+from rsbook.paths import data_dir
+
+__all__ = ["ArrayDataset", "CifarDataset", "load_dataset", "num_classes", "input_shape", "DATASETS"]
 
 DIGITS_TEST_FRACTION = 0.3
 DIGITS_SPLIT_SEED = 0
@@ -35,7 +60,8 @@ class ArrayDataset(Dataset):
         return self.x[index], int(self.labels[index])
 
 
-def _digits(split: str) -> ArrayDataset:
+def _digits(split: str, augment: bool = False) -> ArrayDataset:
+    """The embedded digits; `augment` is ignored (the 8x8 digits are never augmented)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -47,8 +73,8 @@ def _digits(split: str) -> ArrayDataset:
     return ArrayDataset(x_train, y_train) if split == "train" else ArrayDataset(x_test, y_test)
 
 
-def _rancer_toy(split: str) -> ArrayDataset:
-    """The authors released only their test points."""
+def _rancer_toy(split: str, augment: bool = False) -> ArrayDataset:
+    """The authors released only their test points; `augment` is ignored."""
     from rsbook.published import fetch
 
     points = np.loadtxt(fetch("tarasrumezhak/RANCER/pipeline_2D/data/X_test.out"), delimiter=",", ndmin=2)
@@ -58,9 +84,146 @@ def _rancer_toy(split: str) -> ArrayDataset:
     return ArrayDataset(points.astype(np.float32), labels.astype(np.int64))
 
 
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+CIFAR10_LAYOUT = (
+    f"expected $RSBOOK_DATA/{CIFAR10_FOLDER}/{{data_batch_1..5,test_batch}} (the CIFAR-10 python version: "
+    "pickled dicts with b'data', uint8 of shape (N, 3072), and b'labels', N ints in 0..9)"
+)
+CIFAR10_SHAPE = (3, 32, 32)
+
+
+class CifarDataset(Dataset):
+    """CIFAR-10 images held in memory as uint8 and converted per item.
+
+    images: uint8 tensor (N, 3, 32, 32); labels: int64 tensor (N,). dataset[i] is
+    (x, label) with x = images[i] / 255 as float32 of shape (3, 32, 32), passed through `transform`
+    (a callable on that tensor, e.g. the training augmentation) when one is given.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
+        if len(images) != len(labels):
+            raise ValueError(f"images has {len(images)} examples but labels has {len(labels)}")
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        x = self.images[index].to(torch.float32).div_(255.0)
+        return (x if self.transform is None else self.transform(x)), int(self.labels[index])
+
+
+def _root(name: str, folder: str, layout: str):
+    """$RSBOOK_DATA/<folder>, or a FileNotFoundError that states `layout`."""
+    try:
+        root = data_dir() / folder
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; dataset {name!r} {layout}") from None
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset {name!r}: folder {root} does not exist; {layout}")
+    return root
+
+
+def _cifar10_batch(path) -> tuple[np.ndarray, np.ndarray]:
+    """(data uint8 (N, 3072), labels int64 (N,)) of one CIFAR-10 batch file. Reading a pickle runs
+    code named in it: point RSBOOK_DATA only at files you trust."""
+    if not path.is_file():
+        raise FileNotFoundError(f"CIFAR-10 batch file {path} does not exist; {CIFAR10_LAYOUT}")
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+    except Exception as err:
+        raise ValueError(f"CIFAR-10 batch file {path} is not a readable pickle ({err}); {CIFAR10_LAYOUT}") from err
+    if not isinstance(batch, dict):
+        raise ValueError(f"CIFAR-10 batch file {path} holds a {type(batch).__name__}, not a dict; {CIFAR10_LAYOUT}")
+    missing = [repr(key) for key in (b"data", b"labels") if key not in batch]
+    if missing:
+        raise ValueError(f"CIFAR-10 batch file {path} lacks {', '.join(missing)}; {CIFAR10_LAYOUT}")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(
+            f"CIFAR-10 batch file {path}: b'data' is {data.dtype} of shape {data.shape}; {CIFAR10_LAYOUT}"
+        )
+    in_range = np.issubdtype(labels.dtype, np.integer) and np.all((labels >= 0) & (labels < num_classes("cifar10")))
+    if labels.shape != (len(data),) or not in_range:
+        raise ValueError(
+            f"CIFAR-10 batch file {path}: b'labels' ({labels.dtype}, shape {labels.shape}) are not "
+            f"{len(data)} ints in 0..9, one per image; {CIFAR10_LAYOUT}"
+        )
+    return data, labels.astype(np.int64)
+
+
+def _cifar10_augmentation():
+    """Random 32x32 crop of the image zero-padded by 4 pixels, then a random horizontal flip."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
+
+
+def _cifar10(split: str, augment: bool = False) -> CifarDataset:
+    root = _root("cifar10", CIFAR10_FOLDER, CIFAR10_LAYOUT)
+    batches = [_cifar10_batch(root / file) for file in CIFAR10_FILES[split]]
+    data = np.concatenate([data for data, _ in batches]).reshape(-1, *CIFAR10_SHAPE)
+    labels = np.concatenate([labels for _, labels in batches])
+    transform = _cifar10_augmentation() if augment else None
+    return CifarDataset(torch.from_numpy(data), torch.from_numpy(labels), transform)
+
+
+IMAGE_FOLDER_SPLITS = {"train": "train", "test": "val", "val": "val"}
+
+
+def _image_folder_layout(folder: str) -> str:
+    return (
+        f"expected $RSBOOK_DATA/{folder}/{{train,val}}/<class>/<image> (torchvision ImageFolder layout: "
+        "one folder of images per class, val/ sorted into the same class folders)"
+    )
+
+
+def _image_transform(augment: bool):
+    """Training: RandomResizedCrop(224) + RandomHorizontalFlip; else Resize(256) + CenterCrop(224).
+    Both end in ToTensor (float32 in [0, 1], shape (3, 224, 224))."""
+    from torchvision import transforms
+
+    if augment:
+        steps = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
+    else:
+        steps = [transforms.Resize(256), transforms.CenterCrop(224)]
+    return transforms.Compose([*steps, transforms.ToTensor()])
+
+
+def _image_folder(name: str, split: str, augment: bool = False):
+    """torchvision ImageFolder over $RSBOOK_DATA/<name>/<train or val>, checked before it is scanned."""
+    from torchvision.datasets import ImageFolder
+
+    layout = _image_folder_layout(name)
+    folder = _root(name, name, layout) / IMAGE_FOLDER_SPLITS[split]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset {name!r}: split folder {folder} does not exist; {layout}")
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    if not classes:
+        raise ValueError(f"dataset {name!r}: split folder {folder} has no class folders; {layout}")
+    limit = DATASETS[name]["num_classes"]
+    if len(classes) > limit:
+        raise ValueError(
+            f"dataset {name!r}: split folder {folder} has {len(classes)} class folders, more than its {limit} classes; "
+            f"{layout}"
+        )
+    try:
+        return ImageFolder(str(folder), transform=_image_transform(augment))
+    except FileNotFoundError as err:  # a class folder without images of a known extension
+        raise ValueError(f"dataset {name!r}: split folder {folder} is malformed ({err}); {layout}") from None
+
+
+IMAGE_SHAPE = (3, 224, 224)
 DATASETS = {
-    "digits": {"loader": _digits, "num_classes": 10, "splits": ("train", "test")},
-    "rancer_toy": {"loader": _rancer_toy, "num_classes": 2, "splits": ("test",)},
+    "digits": {"loader": _digits, "num_classes": 10, "splits": ("train", "test"), "input_shape": (1, 8, 8)},
+    "rancer_toy": {"loader": _rancer_toy, "num_classes": 2, "splits": ("test",), "input_shape": (2,)},
+    "cifar10": {"loader": _cifar10, "num_classes": 10, "splits": ("train", "test"), "input_shape": CIFAR10_SHAPE},
+    "imagenet": {"loader": partial(_image_folder, "imagenet"), "num_classes": 1000,
+                 "splits": tuple(IMAGE_FOLDER_SPLITS), "input_shape": IMAGE_SHAPE},
+    "imagenette": {"loader": partial(_image_folder, "imagenette"), "num_classes": 10,
+                   "splits": tuple(IMAGE_FOLDER_SPLITS), "input_shape": IMAGE_SHAPE},
 }
 
 
@@ -70,14 +233,27 @@ def _entry(name: str) -> dict:
     return DATASETS[name]
 
 
-def load_dataset(name: str, split: str = "test") -> Dataset:
-    """The `split` ('train' or 'test') of dataset `name`, indexable as dataset[i] -> (x, label)."""
+def load_dataset(name: str, split: str = "test", augment: bool = False) -> Dataset:
+    """The `split` of dataset `name`, indexable as dataset[i] -> (x, label), x float32 of shape
+    input_shape(name), label an int in [0, num_classes(name)).
+
+    Splits: 'train' and 'test' ('test' only for rancer_toy; imagenet and imagenette also take 'val',
+    the same as 'test'). `augment` adds the training augmentation to split 'train' of cifar10,
+    imagenet and imagenette; it is ignored for other splits and for the embedded datasets.
+    Raises ValueError for an unknown name or split, FileNotFoundError or ValueError naming the folder
+    or file and the expected layout when on-disk data is missing or malformed.
+    """
     entry = _entry(name)
     if split not in entry["splits"]:
         raise ValueError(f"split must be one of {entry['splits']} for dataset {name!r}, got {split!r}")
-    return entry["loader"](split)
+    return entry["loader"](split, augment=bool(augment) and split == "train")
 
 
 def num_classes(name: str) -> int:
     """Number of classes of dataset `name`."""
     return _entry(name)["num_classes"]
+
+
+def input_shape(name: str) -> tuple[int, ...]:
+    """Shape of one input x of dataset `name`, e.g. (3, 32, 32) for cifar10."""
+    return tuple(_entry(name)["input_shape"])

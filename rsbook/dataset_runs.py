@@ -5,6 +5,10 @@ Examples are selected as in the authors' certify.py: index i is used when i % sk
 so a row does not depend on which process or which resume computed it. Rows are appended and
 flushed one by one; rerunning the same command skips the rows already in the log, and rerunning
 with a larger max_index appends only the missing ones.
+
+Under torch.distributed (e.g. `torchrun --nproc_per_node=K -m rsbook certify ...`) rank r takes
+every K-th example still missing, writes it to the shard `<log>.part<r>`, and rank 0 merges the
+shards into the log in index order: the same rows as a single process, for the same seed.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from rsbook._checks import check_alpha, check_positive_int
-from rsbook.logs import LogWriter, run_manifest
+from rsbook.logs import LogWriter, begin_run, finish_manifest, read_log, write_log
 from rsbook.smooth import Smooth
 
-__all__ = ["example_generator", "selected_indices", "certify_dataset", "predict_dataset"]
+__all__ = ["example_generator", "selected_indices", "certify_dataset", "predict_dataset", "merge_parts"]
 
 
 def example_generator(seed: int, idx: int, device=None) -> torch.Generator:
@@ -36,6 +41,45 @@ def selected_indices(length: int, skip: int = 1, max_index: int = -1) -> list[in
     return list(range(0, stop, skip))
 
 
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _part_paths(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{out.name}.part*"))
+
+
+def merge_parts(out, kind: str) -> Path:
+    """Fold the per-rank shards `out.part<rank>` of a distributed run into the log `out`: rows of
+    the log and of every shard (torn last lines dropped), one per example, in index order, written
+    atomically; the shards are then removed. A no-op when there are none."""
+    out = Path(out)
+    parts = _part_paths(out)
+    if not parts:
+        return out
+    frames = []
+    for path in ([out] if out.exists() else []) + parts:
+        LogWriter(path, kind).close()  # repairs a torn last line
+        frames.append(read_log(path, kind))
+    merged = pd.concat(frames, ignore_index=True).drop_duplicates("idx").sort_values("idx", kind="stable")
+    write_log(out, merged, kind)
+    for path in parts:
+        path.unlink()
+    return out
+
+
+def _broadcast_error(error: BaseException | None, world: int) -> BaseException | None:
+    if world == 1:
+        return error
+    message = [None if error is None else f"{type(error).__name__}: {error}"]
+    torch.distributed.broadcast_object_list(message, src=0)
+    if message[0] is None:
+        return None
+    return error if error is not None else RuntimeError(f"rank 0 could not start the run: {message[0]}")
+
+
 def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, skip: int, max_index: int,
          indices, progress: bool, clock, step):
     out = Path(out)
@@ -43,16 +87,36 @@ def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, s
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     chosen = selected_indices(len(dataset), skip, max_index) if indices is None else list(indices)
     identity = {**parameters, "kind": kind, "sigma": smooth.sigma, "skip": skip, "log": out.name}
-    with run_manifest(out.parent, identity, seed=seed, device=smooth.device, max_index=max_index), \
-            LogWriter(out, kind) as writer:
-        todo = [i for i in chosen if i not in writer.done]
-        for idx in tqdm(todo, desc=f"{kind} {out.name}", unit="example", disable=not progress):
+    rank, world = _rank_world()
+    error = None
+    if rank == 0:
+        try:
+            begin_run(out.parent, identity, seed=seed, device=smooth.device, max_index=max_index)
+            merge_parts(out, kind)
+        except Exception as err:  # every rank must learn of it, or the others wait forever
+            error = err
+    error = _broadcast_error(error, world)
+    if error is not None:
+        raise error
+    done = set(read_log(out, kind)["idx"]) if world > 1 and out.exists() else set()
+    target = out if world == 1 else out.with_name(f"{out.name}.part{rank}")
+    with LogWriter(target, kind) as writer:
+        todo = [i for i in chosen if i not in done and i not in writer.done][rank::world]
+        for idx in tqdm(todo, desc=f"{kind} {out.name}" + (f" [rank {rank}]" if world > 1 else ""),
+                        unit="example", disable=not progress, position=rank):
             x, label = dataset[idx]
             generator = example_generator(seed, idx, smooth.device)
             start = clock()
             prediction, radius = step(x, generator)
             elapsed = clock() - start
             writer.write(idx, label, prediction, int(prediction == label), elapsed, radius=radius)
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        merge_parts(out, kind)
+        finish_manifest(out.parent)
+    if world > 1:
+        torch.distributed.barrier()
     return out
 
 

@@ -30,13 +30,16 @@ __all__ = [
     "PREDICT_COLUMNS",
     "LogFormatError",
     "LogWriter",
+    "ResultsTable",
     "read_log",
     "read_certify_log",
     "read_predict_log",
     "parse_time",
     "format_time",
+    "write_log",
     "write_manifest",
     "read_manifest",
+    "begin_run",
     "finish_manifest",
     "run_manifest",
 ]
@@ -160,6 +163,85 @@ def read_predict_log(path) -> pd.DataFrame:
     return read_log(path, "predict")
 
 
+def _truncate_partial_line(path: Path):
+    """Drop a trailing line without its newline (what a killed writer can leave)."""
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        if keep == 0:
+            raise LogFormatError(f"{path}: holds no complete header line; remove it to start afresh")
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+
+
+def _write_flushed(handle, line: str):
+    handle.write(line + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+class ResultsTable:
+    """A TSV of per-example results, appended one flushed row at a time and resumable: reopening
+    it checks the header, drops a torn last line, and lists the keys already present in `done`.
+    Floats are written with full precision."""
+
+    def __init__(self, path, columns, key: str = "idx"):
+        self.path, self.columns, self.key = Path(path), tuple(columns), key
+        if key not in self.columns:
+            raise ValueError(f"key {key!r} must be one of the columns {self.columns}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            _truncate_partial_line(self.path)
+            header = tuple(self.path.read_text().split("\n", 1)[0].split("\t"))
+            if header != self.columns:
+                raise LogFormatError(f"{self.path}:1: header {header} is not the expected {self.columns}")
+            self.done = set(self.read()[key].tolist())
+        else:
+            with open(self.path, "w", encoding="utf-8") as handle:
+                _write_flushed(handle, "\t".join(self.columns))
+            self.done = set()
+
+    def append(self, rows):
+        """Append rows (mappings with every column) and flush them; their keys join `done`."""
+        with open(self.path, "a", encoding="utf-8") as handle:
+            for row in rows:
+                values = [row[c] for c in self.columns]
+                _write_flushed(handle, "\t".join(repr(float(v)) if isinstance(v, float) else str(v) for v in values))
+                self.done.add(row[self.key])
+
+    def read(self) -> pd.DataFrame:
+        """The table so far as a DataFrame."""
+        return pd.read_csv(self.path, sep="\t")
+
+
+def _format_row(kind: str, time_style: str, where: str, *, idx, label, predict, correct, time, radius=None) -> str:
+    """One log line (no newline), validated by the reader's own checks: never write what cannot be read."""
+    if (radius is None) == (kind == "certify"):
+        raise ValueError("radius is required for a certify log and not allowed in a predict log")
+    fields = [str(int(idx)), str(int(label)), str(int(predict))]
+    if kind == "certify":
+        fields.append(repr(float(radius)))
+    fields += [str(int(correct)), format_time(time, time_style)]
+    _parse_row(fields, _COLUMNS[kind], where)
+    return "\t".join(fields)
+
+
+def write_log(path, frame: pd.DataFrame, kind: str, time_style: str = "hms") -> Path:
+    """Write a whole log atomically from a DataFrame with the log's columns (e.g. read_log's),
+    rows in the frame's order."""
+    if kind not in _COLUMNS:
+        raise ValueError(f"kind must be 'certify' or 'predict', got {kind!r}")
+    if frame["idx"].duplicated().any():
+        raise ValueError(f"{path}: example idx {int(frame.loc[frame['idx'].duplicated(), 'idx'].iloc[0])} repeats")
+    lines = ["\t".join(_COLUMNS[kind])]
+    for row in frame.to_dict("records"):
+        fields = {c: row[c] for c in _COLUMNS[kind]}
+        lines.append(_format_row(kind, time_style, f"{path}: row for idx {row['idx']}", **fields))
+    with atomic_write(path) as out:
+        out.write("\n".join(lines) + "\n")
+    return Path(path)
+
+
 class LogWriter:
     """Append rows to a certify or predict log, one flushed line per example.
 
@@ -187,33 +269,19 @@ class LogWriter:
             self._write_line("\t".join(self.columns))
 
     def _truncate_partial_line(self):
-        data = self.path.read_bytes()
-        if not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            if keep == 0:
-                raise LogFormatError(f"{self.path}: holds no complete header line; remove it to start afresh")
-            with open(self.path, "r+b") as handle:
-                handle.truncate(keep)
+        _truncate_partial_line(self.path)
 
     def _write_line(self, line: str):
-        self._file.write(line + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        _write_flushed(self._file, line)
 
     def write(self, idx: int, label: int, predict: int, correct: int, time: float, radius: float | None = None):
         """Append one example's row and flush it to disk."""
-        if (radius is None) == (self.kind == "certify"):
-            raise ValueError("radius is required for a certify log and not allowed in a predict log")
-        values = {"idx": int(idx), "label": int(label), "predict": int(predict), "correct": int(correct)}
-        if values["idx"] in self.done:
-            raise ValueError(f"{self.path}: example idx {values['idx']} is already in the log")
-        fields = [str(values[c]) for c in self.columns[:3]]
-        if self.kind == "certify":
-            fields.append(repr(float(radius)))
-        fields += [str(values["correct"]), format_time(time, self.time_style)]
-        _parse_row(fields, self.columns, f"{self.path}: row for idx {values['idx']}")  # never write what cannot be read
-        self._write_line("\t".join(fields))
-        self.done.add(values["idx"])
+        if int(idx) in self.done:
+            raise ValueError(f"{self.path}: example idx {int(idx)} is already in the log")
+        line = _format_row(self.kind, self.time_style, f"{self.path}: row for idx {int(idx)}", idx=idx, label=label,
+                           predict=predict, correct=correct, time=time, radius=radius)
+        self._write_line(line)
+        self.done.add(int(idx))
 
     def close(self):
         self._file.close()
@@ -301,12 +369,19 @@ def write_manifest(run_dir, parameters: dict, seed=None, device=None, **extra) -
 
 @contextmanager
 def run_manifest(run_dir, parameters: dict, seed=None, device=None, **extra):
-    """Context for a resumable run in `run_dir`.
+    """Context for a resumable run in `run_dir`: begin_run at entry, finish_manifest on normal exit."""
+    path = begin_run(run_dir, parameters, seed=seed, device=device, **extra)
+    yield path
+    finish_manifest(run_dir)
 
-    A new folder gets a manifest at entry; an existing one must have been written with the same
+
+def begin_run(run_dir, parameters: dict, seed=None, device=None, **extra) -> Path:
+    """Start or resume the run in `run_dir`; return its manifest path.
+
+    A new folder gets a manifest; an existing one must have been written with the same
     parameters and seed (a run folder is immutable: resuming may only finish or extend it), otherwise
     ValueError names the differing parameters. `extra` fields (e.g. how far the run should go) are
-    recorded and updated on resume. On normal exit the end time is recorded.
+    recorded and updated on resume.
     """
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST
@@ -328,8 +403,7 @@ def run_manifest(run_dir, parameters: dict, seed=None, device=None, **extra):
         _write_json_atomic(path, old)
     else:
         write_manifest(run_dir, parameters, seed=seed, device=device, **extra)
-    yield path
-    finish_manifest(run_dir)
+    return path
 
 
 def finish_manifest(run_dir) -> dict:

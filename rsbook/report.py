@@ -21,7 +21,7 @@ from rsbook.logs import finish_manifest, read_manifest, write_manifest
 from rsbook.paths import runs_dir
 
 __all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without_tables", "comparison_table",
-           "COMPARISONS"]
+           "styled", "COMPARISONS"]
 
 COMPARISONS = "comparisons.csv"
 _STATUS_COLORS = {STATUSES[1]: "#fff3c4", STATUSES[2]: "#ffd6d6"}
@@ -106,6 +106,13 @@ def _label(key) -> str:
     return f"{key:g}" if isinstance(key, (float, np.floating)) else str(key)
 
 
+def styled(frame: pd.DataFrame, fmt="{:.3f}", hide_index: bool = False):
+    """A table for display: values formatted with `fmt` (a format string or a per-column mapping),
+    numeric row and column labels printed compactly (0.5, not 0.500000)."""
+    style = frame.style.format(fmt, na_rep="—").format_index(_label, axis=0).format_index(_label, axis=1)
+    return style.hide(axis="index") if hide_index else style
+
+
 def comparison_table(result: pd.DataFrame, row_name: str | None = None, column_name: str | None = None,
                      fmt: str = "{:.3f}"):
     """Ours | paper | Δ as a styled table: the published layout, with three lines per published
@@ -130,7 +137,8 @@ def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
     """Every table (and group of in-text results) of every document with its status under
     `profile`: reproduced exactly / within tolerance / differs / not yet reproduced, worst cell
     first (rsbook.analysis.table_status), the chapter and section where it is reproduced, and the
-    number of cells compared. Reads <runs>/*/<profile>/comparisons.csv."""
+    number of cells compared. A table reproduced by several chapters (say, from the authors' logs
+    and by a re-run) gets one row per chapter. Reads <runs>/*/<profile>/comparisons.csv."""
     root = Path(runs) if runs is not None else runs_dir()
     records = [pd.read_csv(path, dtype={"row": str, "column": str})
                for path in sorted(root.glob(f"*/{profile}/{COMPARISONS}"))]
@@ -139,17 +147,19 @@ def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
     out = []
     for row in published.tables().itertuples():
         cells = recorded[(recorded["document"] == row.document) & (recorded["table"] == row.table)]
-        out.append({
-            "document": row.document,
-            "table": row.table,
-            "kind": row.kind,
-            "title": row.title,
-            "status": table_status(cells),
-            "cells": int(len(cells)),
-            "differing_cells": int((cells["status"] == STATUSES[2]).sum()) if len(cells) else 0,
-            "chapter": cells["chapter"].iloc[0] if len(cells) else None,
-            "section": cells["section"].iloc[0] if len(cells) else None,
-        })
+        by_chapter = [group for _, group in cells.groupby("chapter", sort=False)] or [cells]
+        for group in by_chapter:
+            out.append({
+                "document": row.document,
+                "table": row.table,
+                "kind": row.kind,
+                "title": row.title,
+                "status": table_status(group),
+                "cells": int(len(group)),
+                "differing_cells": int((group["status"] == STATUSES[2]).sum()),
+                "chapter": group["chapter"].iloc[0] if len(group) else None,
+                "section": group["section"].iloc[0] if len(group) else None,
+            })
     board = pd.DataFrame(out)
     board["document"] = pd.Categorical(board["document"], categories=list(published.DOCUMENTS), ordered=True)
     return board.sort_values(["document"], kind="stable").reset_index(drop=True)

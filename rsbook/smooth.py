@@ -16,9 +16,10 @@ from scipy.stats import norm
 from rsbook._checks import check_alpha, check_positive_int, check_sigma
 from rsbook.stats import binomial_pvalue, clopper_pearson_lower
 
-__all__ = ["ABSTAIN", "Smooth"]
+__all__ = ["ABSTAIN", "Smooth", "autocast_agreement", "largest_batch_size"]
 
 _NOT_FINITE = "x must be finite: it holds NaN or infinite values"
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 ABSTAIN = -1
 """The class PREDICT and CERTIFY return when they decline to answer (the authors' logs write -1)."""
@@ -32,17 +33,30 @@ class Smooth:
     num_classes: number of classes (>= 2).
     sigma: noise standard deviation, in the units of x (pixel space [0, 1] for images).
     device: where sampling runs; defaults to the CPU. Inputs are moved there.
+    precision: 'fp32' (default), or 'bf16' / 'fp16' to run the base classifier under
+        torch.autocast (opt-in speed on GPUs). The certificates then hold for the base classifier
+        as it runs in that precision; `autocast_agreement` measures how often its top-1 agrees
+        with fp32 on the same noisy samples.
+    channels_last: keep 4-D noise batches (and an nn.Module base classifier, converted in place)
+        in channels_last memory format, which convolutions prefer on recent GPUs.
     """
 
-    def __init__(self, base_classifier, num_classes: int, sigma: float, device=None):
+    def __init__(self, base_classifier, num_classes: int, sigma: float, device=None, precision: str = "fp32",
+                 channels_last: bool = False):
         if not callable(base_classifier):
             raise ValueError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
         if check_positive_int(num_classes, "num_classes") < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        if precision not in _AUTOCAST:
+            raise ValueError(f"precision must be one of {sorted(_AUTOCAST)}, got {precision!r}")
         self.base_classifier = base_classifier
         self.num_classes = int(num_classes)
         self.sigma = check_sigma(sigma)
         self.device = torch.device("cpu" if device is None else device)
+        self.precision = precision
+        self.channels_last = bool(channels_last)
+        if self.channels_last and isinstance(base_classifier, torch.nn.Module):
+            base_classifier.to(memory_format=torch.channels_last)
         if isinstance(base_classifier, torch.nn.Module) and base_classifier.training:
             warnings.warn(
                 "base_classifier is in training mode; batch-norm and dropout then make f depend on "
@@ -134,20 +148,80 @@ class Smooth:
                 "create it with torch.Generator(device=...) on the sampling device"
             )
 
+    def _noise_buffer(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        layout = torch.channels_last if self.channels_last and x.dim() == 3 else torch.contiguous_format
+        return torch.empty((size, *x.shape), dtype=x.dtype, device=self.device, memory_format=layout)
+
+    def classify(self, batch: torch.Tensor) -> torch.Tensor:
+        """The base classifier's top-1 on a batch, validated, in the configured precision."""
+        dtype = _AUTOCAST[self.precision]
+        if dtype is None:
+            logits = self.base_classifier(batch)
+        else:
+            with torch.autocast(self.device.type, dtype=dtype):
+                logits = self.base_classifier(batch)
+        if logits.shape != (batch.shape[0], self.num_classes):
+            raise ValueError(
+                f"base_classifier must map a batch of shape {tuple(batch.shape)} to logits of shape "
+                f"({batch.shape[0]}, {self.num_classes}); it returned {tuple(logits.shape)}"
+            )
+        return logits.argmax(dim=1)
+
     def _count(self, x: torch.Tensor, num: int, batch_size: int, generator) -> torch.Tensor:
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
-        buffer = torch.empty((min(batch_size, num), *x.shape), dtype=x.dtype, device=self.device)
+        buffer = self._noise_buffer(x, min(batch_size, num))
         remaining = num
         while remaining > 0:
             batch = buffer[: min(batch_size, remaining)]
             batch.normal_(0.0, self.sigma, generator=generator)
             batch.add_(x)
-            logits = self.base_classifier(batch)
-            if logits.shape != (batch.shape[0], self.num_classes):
-                raise ValueError(
-                    f"base_classifier must map a batch of shape {tuple(batch.shape)} to logits of shape "
-                    f"({batch.shape[0]}, {self.num_classes}); it returned {tuple(logits.shape)}"
-                )
-            counts += torch.bincount(logits.argmax(dim=1), minlength=self.num_classes)
+            counts += torch.bincount(self.classify(batch), minlength=self.num_classes)
             remaining -= batch.shape[0]
         return counts
+
+
+def autocast_agreement(smooth: Smooth, x, num: int, batch_size: int, generator=None) -> float:
+    """Fraction of `num` noisy copies of x on which the base classifier's top-1 under
+    `smooth.precision` equals its top-1 in fp32, on the very same noise (1.0 for 'fp32')."""
+    num = check_positive_int(num, "num")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    x, _ = smooth._prepare(x)
+    reference = Smooth(smooth.base_classifier, smooth.num_classes, smooth.sigma, smooth.device,
+                       channels_last=smooth.channels_last)
+    agree = torch.zeros((), dtype=torch.long, device=smooth.device)
+    buffer = smooth._noise_buffer(x, min(batch_size, num))
+    remaining = num
+    with torch.inference_mode():
+        while remaining > 0:
+            batch = buffer[: min(batch_size, remaining)]
+            batch.normal_(0.0, smooth.sigma, generator=generator)
+            batch.add_(x)
+            agree += (smooth.classify(batch) == reference.classify(batch)).sum()
+            remaining -= batch.shape[0]
+    return int(agree) / num
+
+
+def largest_batch_size(smooth: Smooth, example_shape, start: int = 256, limit: int = 1 << 16) -> int:
+    """The largest power-of-two multiple of `start` (at most `limit`) whose noisy batch the base
+    classifier evaluates on `smooth.device` without running out of memory: a batch size tuned to
+    the accelerator's memory. On the CPU, where memory does not fail this way, it returns `start`."""
+    start = check_positive_int(start, "start")
+    limit = check_positive_int(limit, "limit")
+    if smooth.device.type == "cpu":
+        return start
+    best, size = None, start
+    x = torch.zeros(tuple(example_shape), device=smooth.device)
+    with torch.inference_mode():
+        while size <= limit:
+            try:
+                smooth.classify(smooth._noise_buffer(x, size).normal_())
+            except torch.OutOfMemoryError:
+                break
+            finally:
+                if smooth.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            best, size = size, size * 2
+    if best is None:
+        raise ValueError(f"even a batch of start={start} examples of shape {tuple(example_shape)} runs out of "
+                         f"memory on {smooth.device}")
+    return best

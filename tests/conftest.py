@@ -2,12 +2,15 @@
 trained digits model, and the book built at the smoke profile (once per session)."""
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +75,57 @@ def smoke_book():
     )
     assert result.returncode == 0, f"make book failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return runs_dir, out / "_build" / "html"
+
+
+# ------------------------------------------------------------- a miniature CIFAR-10 in its real format
+
+TRAIN_SIZES = (3, 2, 4, 2, 3)  # images in data_batch_1..5
+TEST_SIZE = 5
+
+
+def write_cifar_batch(path, data, labels, name=b"batch"):
+    """A batch as the CIFAR-10 python version stores it: a protocol-2 pickle of a dict with bytes keys,
+    b'data' uint8 (N, 3072) (R, G, B planes, each 32x32 row-major) and b'labels' a list of ints."""
+    batch = {b"batch_label": name, b"labels": [int(v) for v in labels], b"data": data,
+             b"filenames": [b"img_%d.png" % i for i in range(len(labels))]}
+    with open(path, "wb") as out:
+        pickle.dump(batch, out, protocol=2)
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    """A miniature cifar-10-batches-py under a fresh RSBOOK_DATA. Returns (folder, train data, train
+    labels, test data, test labels) with data uint8 (N, 3072)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    train_data, train_labels = [], []
+    for index, size in enumerate(TRAIN_SIZES, start=1):
+        data = rng.integers(0, 256, (size, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size)
+        write_cifar_batch(folder / f"data_batch_{index}", data, labels, b"training batch %d of 5" % index)
+        train_data.append(data)
+        train_labels.append(labels)
+    test_data, test_labels = rng.integers(0, 256, (TEST_SIZE, 3072), dtype=np.uint8), rng.integers(0, 10, TEST_SIZE)
+    write_cifar_batch(folder / "test_batch", test_data, test_labels, b"testing batch 1 of 1")
+    with open(folder / "batches.meta", "wb") as out:
+        pickle.dump({b"label_names": [b"class%d" % i for i in range(10)], b"num_vis": 3072,
+                     b"num_cases_per_batch": 10000}, out, protocol=2)
+    monkeypatch.setenv("RSBOOK_DATA", str(tmp_path))
+    return folder, np.concatenate(train_data), np.concatenate(train_labels), test_data, test_labels
+
+
+# ------------------------------------------------------------- a miniature ImageFolder (ImageNet layout)
+
+CLASSES = ("zebra", "apple", "mango")  # written out of order: labels follow the sorted names
+
+
+def write_image_folder(root, split, classes=CLASSES, per_class=2, seed=0):
+    """`per_class` random-colour 300x260 JPEGs in root/split/<class>/."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / split / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (26, 30, 3), dtype=np.uint8)  # coarse blocks of colour
+            image = Image.fromarray(pixels).resize((300, 260), Image.NEAREST)
+            image.save(root / split / name / f"{name}_{i}.JPEG", quality=95)

@@ -99,7 +99,7 @@ _CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-qui
                    "--hide-scrollbars"]
 
 _CHECKER = """<!doctype html><html><body>
-<iframe id="page" src="chapters/cohen_logs.html" width="1280" height="2000"></iframe>
+<iframe id="page" src="PAGE" width="1280" height="2000"></iframe>
 <pre id="result">pending</pre>
 <script>
 const frame = document.getElementById("page");
@@ -118,30 +118,69 @@ frame.onload = () => {
 </script></body></html>"""
 
 
-def test_browser_loads_the_chapter_and_every_figure(smoke_book, tmp_path):
+def _browser_report(chromium, base, page, html_dir, profile_dir, screenshot):
+    """Open `page` in headless Chromium: the text it shows, its images and whether each loaded;
+    and a screenshot of it."""
+    checker = html_dir / f"_check_{Path(page).stem}.html"
+    checker.write_text(_CHECKER.replace("PAGE", page))
+    flags = _CHROMIUM_FLAGS + [f"--user-data-dir={profile_dir}"]
+    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=20000", "--dump-dom", f"{base}/{checker.name}"],
+                         capture_output=True, text=True, timeout=120).stdout
+    subprocess.run([chromium, *flags, "--window-size=1280,6000", f"--screenshot={screenshot}", f"{base}/{page}"],
+                   capture_output=True, timeout=120)
+    marker = '<pre id="result">'
+    assert marker in dom, f"the browser did not run the page check on {page}"
+    return json.loads(html.unescape(dom.split(marker, 1)[1].split("</pre>", 1)[0]))
+
+
+@pytest.mark.parametrize("chapter, figures", [("cohen_logs", 7), ("cohen_rerun", 4)])
+def test_browser_loads_each_chapter_and_every_figure(smoke_book, tmp_path, chapter, figures):
     chromium = _chromium()
     runs_dir, html_dir = smoke_book
-    (html_dir / "_browser_check.html").write_text(_CHECKER)
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(html_dir)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    screenshot = runs_dir / chapter / "smoke" / "screenshot.png"
     try:
-        flags = _CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
-        dom = subprocess.run([chromium, *flags, "--virtual-time-budget=20000", "--dump-dom",
-                              f"{base}/_browser_check.html"], capture_output=True, text=True, timeout=120).stdout
-        screenshot = runs_dir / "cohen_logs" / "smoke" / "screenshot.png"
-        subprocess.run([chromium, *flags, "--window-size=1280,6000", f"--screenshot={screenshot}",
-                        f"{base}/chapters/cohen_logs.html"], capture_output=True, timeout=120)
+        report = _browser_report(chromium, f"http://127.0.0.1:{server.server_address[1]}",
+                                 f"chapters/{chapter}.html", html_dir, tmp_path / "profile", screenshot)
     finally:
         server.shutdown()
-    marker = '<pre id="result">'
-    assert marker in dom, "the browser did not run the page check"
-    report = json.loads(html.unescape(dom.split(marker, 1)[1].split("</pre>", 1)[0]))
-    figures = [img for img in report["images"] if "_images/" in img["src"]]
-    assert len(figures) >= 6, report["images"]
+    images = [img for img in report["images"] if "_images/" in img["src"]]
+    assert len(images) >= figures, report["images"]
     assert all(img["loaded"] for img in report["images"]), [i for i in report["images"] if not i["loaded"]]
-    cells = pd.read_csv(runs_dir / "cohen_logs" / "smoke" / "comparisons.csv")
-    table2 = cells[(cells["document"] == "cohen") & (cells["table"] == "Table 2")]
-    for value in table2["ours"]:
-        assert f"{value:.3f}" in report["text"]
+    if chapter == "cohen_logs":
+        cells = pd.read_csv(runs_dir / chapter / "smoke" / "comparisons.csv")
+        table2 = cells[(cells["document"] == "cohen") & (cells["table"] == "Table 2")]
+        for value in table2["ours"]:
+            assert f"{value:.3f}" in report["text"]
     assert screenshot.exists() and screenshot.stat().st_size > 50_000
+
+
+def test_full_profile_path_on_tiny_on_disk_datasets(runs, cifar, tmp_path):
+    """The paper-scale profile (CIFAR-10 ResNet-110 / ImageNet ResNet-50 on a GPU) runs the same code:
+    here it executes on miniature CIFAR-10 batches and an ImageNet folder on the CPU, with sizes shrunk."""
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "imagenet", "train", seed=0)
+    write_image_folder(tmp_path / "imagenet", "val", seed=1)
+    shrink = {
+        "experiments": {"cifar10": {"arch": "cifar_resnet20", "epochs": 1, "lr_step": 30, "batch": 4, "skip": 1,
+                                    "certify_batch": 32},
+                        "imagenet": {"arch": "resnet50", "epochs": 1, "lr_step": 30, "batch": 3, "skip": 1,
+                                     "certify_batch": 8}},
+        "sigmas": [0.25, 0.5], "cross_sigmas": [0.5], "n0": 4, "n": 16,
+        "predict": {"dataset": "imagenet", "sigma": 0.25, "ns": [4, 8], "reference_n": 16, "skip": 2, "batch": 8},
+        "attack": {"dataset": "imagenet", "sigma": 0.25, "multipliers": [1.5, 2.0], "max_examples": 1, "steps": 1,
+                   "num_noise": 2, "n_predict": 8, "batch": 8},
+        "topk": {"dataset": "imagenet", "sigma": 0.5, "ks": [1, 3, 5], "n": 16, "skip": 2, "batch": 8, "radius": 0.5},
+        "n_grid": [10, 100], "alpha_grid": [0.01, 0.001], "device": "cpu",
+        "perf": {"n0": 4, "n": 32, "batch": 16, "repeats": 1},
+    }
+    notebook = book.execute("chapters/cohen_rerun", "full", runs, overrides=shrink, force=True)
+    cells = pd.read_csv(notebook.parent / "comparisons.csv")
+    recorded = set(zip(cells["document"], cells["table"]))
+    assert {("cohen", "Table 3"), ("cohen", "Table 2"), ("cohen", "Table 1"), ("cohen", "Table 4"),
+            ("cohen", "Section 4 (tightness)"), ("notes", "Top-k predictions (text)")} <= recorded
+    manifest = json.loads((notebook.parent / "manifest.json").read_text())
+    assert manifest["parameters"]["experiments"]["imagenet"]["arch"] == "resnet50"
+    assert list((runs / "cohen_rerun" / "full" / "train").glob("resnet50_imagenet_noise0.25-*/checkpoint.pt"))

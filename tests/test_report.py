@@ -188,3 +188,14 @@ def test_status_before_anything_is_recorded(runs):
     run = ChapterRun("empty", "smoke", {})
     assert run.status("cohen", "Table 2") == "not yet reproduced"
     assert run.differences().empty
+
+
+def test_scoreboard_one_row_per_chapter(runs):
+    first, second = ChapterRun("logs", "smoke", {}), ChapterRun("rerun", "smoke", {})
+    paper = published.table("cohen", "Table 2")
+    first.compare("cohen", "Table 2", paper, "logs-table-2")
+    second.compare("cohen", "Table 2", paper + 0.2, "rerun-table-2")
+    board = scoreboard("smoke")
+    rows = board[(board["document"] == "cohen") & (board["table"] == "Table 2")]
+    assert dict(zip(rows["chapter"], rows["status"])) == {"logs": EXACT, "rerun": DIFFERS}
+    assert len(board) == len(published.tables()) + 1

@@ -133,3 +133,41 @@ def test_training_mode_model_is_flagged():
     model, _ = _linear_setup(0.3)
     with pytest.warns(UserWarning, match="training mode"):
         Smooth(model.train(), 2, 0.5)
+
+
+def test_precision_and_layout_options():
+    from rsbook.models import build
+    from rsbook.smooth import autocast_agreement
+
+    torch.manual_seed(0)
+    model = build("digits_cnn", 10).eval()
+    x = torch.rand(1, 8, 8)
+    plain = Smooth(model, 10, 0.25).sample_counts(x, 2000, 500, generator=torch.Generator().manual_seed(1))
+    nhwc = Smooth(model, 10, 0.25, channels_last=True)
+    assert nhwc._noise_buffer(x, 4).is_contiguous(memory_format=torch.channels_last)
+    counts = nhwc.sample_counts(x, 2000, 500, generator=torch.Generator().manual_seed(1))
+    assert int(counts.sum()) == 2000 and (counts - plain).abs().sum() <= 4  # same noise; layout changes rounding only
+    bf16 = Smooth(model, 10, 0.25, precision="bf16")
+    agreement = autocast_agreement(bf16, x, 2000, 500, generator=torch.Generator().manual_seed(2))
+    assert 0.9 < agreement <= 1.0
+    assert autocast_agreement(Smooth(model, 10, 0.25), x, 500, 500) == 1.0
+    prediction, radius = bf16.certify(x, 50, 500, 0.01, 250, generator=torch.Generator().manual_seed(3))
+    assert prediction == ABSTAIN or radius >= 0
+    with pytest.raises(ValueError, match="precision"):
+        Smooth(model, 10, 0.25, precision="fp8")
+
+
+def test_largest_batch_size_doubles_until_out_of_memory():
+    from rsbook.smooth import largest_batch_size
+
+    def limited(batch):
+        if batch.shape[0] > 1000:
+            raise torch.OutOfMemoryError("pretend the accelerator is full")
+        return torch.zeros(batch.shape[0], 3, device=batch.device)
+
+    # the meta device lets the search run without an accelerator
+    assert largest_batch_size(Smooth(limited, 3, 0.5, device="meta"), (2, 4), start=128) == 512
+    assert largest_batch_size(Smooth(limited, 3, 0.5, device="meta"), (2, 4), start=128, limit=256) == 256
+    with pytest.raises(ValueError, match="runs out of memory"):
+        largest_batch_size(Smooth(limited, 3, 0.5, device="meta"), (2, 4), start=2048)
+    assert largest_batch_size(Smooth(limited, 3, 0.5), (2, 4), start=300) == 300  # CPU: no search

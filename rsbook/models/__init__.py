@@ -1,19 +1,44 @@
 """Base classifiers and their checkpoints.
 
-A checkpoint is a torch file holding {arch, dataset, state_dict, noise_sd, epoch, optimizer}.
-A bare state_dict (as the RANCER authors release) is also accepted when its architecture is named.
+Architectures (ARCHITECTURES, built by `build(arch, num_classes, dataset)`):
+  digits_cnn       DigitsCNN, for 1x8x8 digits
+  rancer_mlp       RancerMLP, the RANCER thesis's 2-D classifier
+  cifar_resnet20   CIFAR ResNet-20 (rsbook.models.cifar_resnet), 3x32x32 input
+  cifar_resnet110  CIFAR ResNet-110, Cohen et al. 2019's CIFAR-10 base classifier (App. J.2)
+  resnet50         torchvision's ResNet-50, 3x224x224 input, Cohen et al.'s ImageNet base classifier;
+                   always randomly initialised (no pretrained weights are ever downloaded)
+
+Every model takes inputs in the dataset's own units ([0, 1] pixels for images). For cifar10,
+imagenet and imagenette, `build` puts the dataset's per-channel standardisation in front of the
+architecture, ``nn.Sequential(NormalizeLayer(mean, std), net)`` (rsbook.models.normalize; Cohen et al.
+App. J.2), so noise is added and radii are measured in pixel space. For digits, rancer_toy or no
+dataset the bare architecture is returned.
+
+A checkpoint is a torch file holding {arch, dataset, state_dict, noise_sd, epoch, optimizer}; the
+normalisation statistics are not stored but rebuilt from `dataset` on loading. A bare state_dict
+(as the RANCER authors release) is also accepted when its architecture is named, and so is a
+checkpoint in the layout of Cohen et al.'s code base ({arch, state_dict, epoch, optimizer}, the same
+architecture names and state_dict keys, 'module.' of nn.DataParallel removed) when its dataset is
+named; that path is tested on checkpoints made here in that layout, not on the authors' files.
 """
 
 from __future__ import annotations
 
+import numbers
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rsbook._io import atomic_write
+from rsbook.models.cifar_resnet import CifarResNet, cifar_resnet20, cifar_resnet110
+from rsbook.models.normalize import NormalizeLayer, normalization, normalized
 
-__all__ = ["ARCHITECTURES", "build", "save_checkpoint", "load_checkpoint", "DigitsCNN", "RancerMLP"]
+__all__ = [
+    "ARCHITECTURES", "build", "save_checkpoint", "load_checkpoint", "DigitsCNN", "RancerMLP", "CifarResNet",
+    "NormalizeLayer", "normalization", "resnet50",
+]
 
 
 class DigitsCNN(nn.Module):
@@ -42,14 +67,35 @@ class RancerMLP(nn.Module):
         return torch.log_softmax(self.fc2(torch.tanh(self.fc1(x))), dim=1)
 
 
-ARCHITECTURES = {"digits_cnn": DigitsCNN, "rancer_mlp": RancerMLP}
+def resnet50(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-50 (He et al. 2016) with random weights; never downloads anything."""
+    from torchvision.models import resnet50 as torchvision_resnet50
+
+    return torchvision_resnet50(weights=None, num_classes=num_classes)
 
 
-def build(arch: str, num_classes: int) -> nn.Module:
-    """A freshly initialised base classifier of architecture `arch`."""
+ARCHITECTURES = {
+    "digits_cnn": DigitsCNN,
+    "rancer_mlp": RancerMLP,
+    "cifar_resnet20": cifar_resnet20,
+    "cifar_resnet110": cifar_resnet110,
+    "resnet50": resnet50,
+}
+
+
+def build(arch: str, num_classes: int, dataset: str | None = None) -> nn.Module:
+    """A freshly initialised base classifier of architecture `arch` with `num_classes` outputs.
+
+    With `dataset` 'cifar10', 'imagenet' or 'imagenette' the result is
+    ``nn.Sequential(NormalizeLayer(mean, std), net)`` and takes [0, 1] pixels; with None, 'digits'
+    or 'rancer_toy' it is the bare architecture. Weights are drawn from torch's global generator.
+    """
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
-    return ARCHITECTURES[arch](num_classes=num_classes)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    normalization(dataset)  # rejects an unknown dataset before building a large model
+    return normalized(ARCHITECTURES[arch](num_classes=int(num_classes)), dataset)
 
 
 def save_checkpoint(path, model: nn.Module, arch: str, dataset: str, noise_sd: float, epoch: int, optimizer=None):
@@ -66,11 +112,25 @@ def save_checkpoint(path, model: nn.Module, arch: str, dataset: str, noise_sd: f
         torch.save(payload, out)
 
 
-def load_checkpoint(path, num_classes: int, arch: str | None = None, device=None) -> tuple[nn.Module, dict]:
+def _strip_data_parallel(state: dict) -> dict:
+    """Keys of a model saved inside nn.DataParallel ('module.x' or, behind a normalisation layer,
+    '1.module.x', as Cohen et al.'s ImageNet checkpoints) without the 'module.' part."""
+    pattern = re.compile(r"^(\d+\.)?module\.")
+    if not state or not all(isinstance(key, str) and pattern.match(key) for key in state):
+        return state
+    return {pattern.sub(r"\1", key): value for key, value in state.items()}
+
+
+def load_checkpoint(
+    path, num_classes: int, arch: str | None = None, device=None, dataset: str | None = None
+) -> tuple[nn.Module, dict]:
     """(model in eval mode on `device`, checkpoint dict) from a checkpoint file.
 
-    A file holding a bare state_dict needs `arch`; a full checkpoint's arch must agree with it
-    when both are given.
+    The model is rebuilt by ``build(arch, num_classes, dataset)``, so a checkpoint saved with
+    dataset 'cifar10' (or 'imagenet', 'imagenette') gets that dataset's normalisation layer back
+    and computes what the saved model computed. A file holding a bare state_dict needs `arch` (and
+    `dataset` when the model was normalised); a full checkpoint's arch and dataset must agree with
+    the ones given, and a checkpoint without a dataset (Cohen et al.'s) takes the one given.
     """
     path = Path(path)
     if not path.is_file():
@@ -85,14 +145,26 @@ def load_checkpoint(path, num_classes: int, arch: str | None = None, device=None
         stored = payload.get("arch")
         if arch is not None and stored is not None and arch != stored:
             raise ValueError(f"checkpoint {path} is a {stored!r} model, but arch {arch!r} was requested")
-        arch, state = arch or stored, payload["state_dict"]
+        stored_dataset = payload.get("dataset")
+        if dataset is not None and stored_dataset is not None and dataset != stored_dataset:
+            raise ValueError(
+                f"checkpoint {path} was trained on {stored_dataset!r}, but dataset {dataset!r} was requested"
+            )
+        arch, dataset, state = arch or stored, stored_dataset or dataset, payload["state_dict"]
+        if arch is None:
+            raise ValueError(f"checkpoint {path} does not name its architecture; name it (arch / --arch)")
+        payload = {**payload, "arch": arch, "dataset": dataset}
     else:
         if arch is None:
             raise ValueError(f"checkpoint {path} holds a bare state_dict; name its architecture (arch / --arch)")
-        state, payload = payload, {"arch": arch, "state_dict": payload}
-    model = build(arch, num_classes)
+        state, payload = payload, {"arch": arch, "dataset": dataset, "state_dict": payload}
+    model = build(arch, num_classes, dataset)
+    state = _strip_data_parallel(state) if isinstance(state, dict) else state
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit architecture {arch!r}: {err}") from err
+        raise ValueError(
+            f"checkpoint {path} does not fit architecture {arch!r} for dataset {dataset!r} "
+            f"({'with' if normalization(dataset) else 'without'} a normalisation layer): {err}"
+        ) from err
     return model.to(torch.device("cpu" if device is None else device)).eval(), payload

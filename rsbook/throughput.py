@@ -1,0 +1,95 @@
+"""Throughput of the sampling engine: noisy samples per second through the base classifier alone
+(the limit) and through Smooth.certify, measured in one process on the same model and batch size.
+
+Used by `make bench` (benchmarks/bench_certify.py, which adds the authors' reference loop) and by the
+performance section of the book. Rates are medians over interleaved repeats, so drift in the
+machine's speed affects both engines alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rsbook._checks import check_positive_int
+from rsbook.smooth import Smooth
+
+__all__ = ["synchronize", "timed", "raw_forward_rate", "certify_rate", "measure_rates", "engine_rates",
+           "load_results"]
+
+
+def synchronize(device) -> None:
+    """Wait for queued kernels on `device` (a no-op on the CPU), so wall-clock times are honest."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device) -> float:
+    """Seconds one call of `function()` takes on `device`, kernels included."""
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def raw_forward_rate(smooth: Smooth, batch: torch.Tensor, batches: int) -> float:
+    """Samples per second of `batches` top-1 evaluations of the base classifier on the fixed
+    `batch` (no noise drawn, nothing counted), in `smooth`'s precision: the most any sampling
+    engine built on this model and batch size can reach."""
+    batch = batch.to(smooth.device)
+
+    def run():
+        with torch.inference_mode():
+            for _ in range(batches):
+                smooth.classify(batch)
+
+    return batches * batch.shape[0] / timed(run, smooth.device)
+
+
+def certify_rate(smooth: Smooth, x: torch.Tensor, n0: int, n: int, batch_size: int, seed: int = 0) -> float:
+    """Noisy samples per second (n0 + n per call) of one Smooth.certify call on x."""
+    generator = torch.Generator(device=smooth.device).manual_seed(seed)
+    seconds = timed(lambda: smooth.certify(x, n0, n, 0.001, batch_size, generator=generator), smooth.device)
+    return (n0 + n) / seconds
+
+
+def measure_rates(engines: dict, repeats: int = 5) -> dict:
+    """Run each engine (name -> zero-argument callable returning a rate) `repeats` times,
+    interleaved, after one warm-up call each; return name -> median rate."""
+    repeats = check_positive_int(repeats, "repeats")
+    for engine in engines.values():
+        engine()
+    samples = {name: [] for name in engines}
+    for _ in range(repeats):
+        for name, engine in engines.items():
+            samples[name].append(engine())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def engine_rates(smooth: Smooth, x: torch.Tensor, *, n0: int, n: int, batch_size: int, repeats: int = 3,
+                 extra_engines: dict | None = None) -> dict:
+    """Median samples per second of the raw base classifier ('raw': as many full batches as
+    certify evaluates, on a fixed random batch) and of Smooth.certify ('certify', n0 + n samples)
+    on the same model, input and batch size, plus any `extra_engines` (name -> callable returning a
+    rate), interleaved (measure_rates)."""
+    batches = -(-n0 // batch_size) + -(-n // batch_size)
+    fixed = torch.rand((batch_size, *x.shape), device=smooth.device)
+    engines = {"raw": lambda: raw_forward_rate(smooth, fixed, batches),
+               "certify": lambda: certify_rate(smooth, x, n0, n, batch_size),
+               **(extra_engines or {})}
+    return measure_rates(engines, repeats)
+
+
+def load_results(path: str | os.PathLike | None = None) -> dict | None:
+    """The results `make bench` wrote ($RSBOOK_BENCH, or the given path), or None if there are none."""
+    path = path or os.environ.get("RSBOOK_BENCH")
+    if not path or not Path(path).is_file():
+        return None
+    return json.loads(Path(path).read_text())

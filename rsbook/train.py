@@ -1,0 +1,156 @@
+"""Training a base classifier with Gaussian data augmentation (Cohen et al. 2019, Sec. 3.3, App. F).
+
+Cross-entropy on x + eps, eps ~ N(0, noise_sd^2 I), after the dataset's own augmentation (random
+crop and flip for CIFAR-10 and ImageNet, App. J.2); SGD with momentum and weight decay and a step
+learning-rate schedule (by default lr 0.1, x0.1 every 30 epochs, as in the authors' train.py).
+
+The initial weights come from `seed`, and every epoch draws its shuffling, augmentation and noise
+from generators seeded by (seed, epoch),
+and the checkpoint is rewritten atomically after every epoch, so a run that is interrupted and
+resumed ends with the same weights as one that was not (on deterministic kernels).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rsbook._checks import check_positive_int, check_sigma
+from rsbook._io import atomic_write
+from rsbook.data import load_dataset, num_classes
+from rsbook.logs import run_manifest
+from rsbook.models import build, load_checkpoint, save_checkpoint
+
+__all__ = ["train", "CHECKPOINT", "TRAIN_LOG"]
+
+CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.tsv"
+_LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "test_noisy_accuracy", "seconds")
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0])
+
+
+def _learning_rate(lr: float, epoch: int, lr_step: int, gamma: float) -> float:
+    return lr * gamma ** (epoch // lr_step)
+
+
+def _noisy_accuracy(model, loader, noise_sd, device, generator) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for inputs, labels in loader:
+            inputs, labels = inputs.to(device), labels.to(device)
+            noise = torch.randn(inputs.shape, generator=generator, device=device) * noise_sd
+            correct += int((model(inputs + noise).argmax(1) == labels).sum())
+            total += len(labels)
+    return correct / max(total, 1)
+
+
+def train(dataset: str, arch: str, noise_sd: float, epochs: int, out, *, seed: int = 0, batch_size: int = 256,
+          lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4, lr_step: int = 30, gamma: float = 0.1,
+          workers: int = 0, device=None, evaluate: bool = True, progress: bool = True) -> Path:
+    """Train `arch` on `dataset` with Gaussian noise augmentation at `noise_sd` for `epochs`
+    epochs into the folder `out`; return the checkpoint path.
+
+    out/checkpoint.pt ({arch, dataset, state_dict, noise_sd, epoch, optimizer}) is rewritten after
+    each epoch; out/train_log.tsv gets one row per epoch (lr, mean training loss and accuracy on
+    noisy inputs, accuracy of the base classifier on noisy test inputs); out/manifest.json records
+    the parameters. If out/checkpoint.pt exists the run resumes after its epoch (the parameters
+    must match; `epochs` may grow, so a finished run can be extended).
+    """
+    noise_sd = float(noise_sd)
+    if noise_sd != 0:
+        check_sigma(noise_sd, "noise_sd")
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    lr_step = check_positive_int(lr_step, "lr_step")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    device = torch.device("cpu" if device is None else device)
+    out = Path(out)
+    classes = num_classes(dataset)
+    train_set = load_dataset(dataset, "train", augment=True)
+    test_set = load_dataset(dataset, "test") if evaluate else None
+    parameters = {"dataset": dataset, "arch": arch, "noise_sd": noise_sd, "batch_size": batch_size, "lr": lr,
+                  "momentum": momentum, "weight_decay": weight_decay, "lr_step": lr_step, "gamma": gamma}
+
+    torch.manual_seed(_epoch_seed(seed, 0, 4))  # the initial weights
+    model = build(arch, classes, dataset=dataset).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    checkpoint_path, log_path = out / CHECKPOINT, out / TRAIN_LOG
+    with run_manifest(out, parameters, seed=seed, device=device, epochs=epochs):
+        start_epoch = 0
+        if checkpoint_path.exists():
+            resumed, payload = load_checkpoint(checkpoint_path, classes, device=device)
+            model.load_state_dict(resumed.state_dict())
+            if payload.get("optimizer") is not None:
+                optimizer.load_state_dict(payload["optimizer"])
+            start_epoch = int(payload["epoch"])
+        _trim_log(log_path, start_epoch)
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            current_lr = _learning_rate(lr, epoch, lr_step, gamma)
+            for group in optimizer.param_groups:
+                group["lr"] = current_lr
+            torch.manual_seed(_epoch_seed(seed, epoch, 0))  # augmentation draws from the global generator
+            order = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1))
+            noise_gen = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch, 2))
+            loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=order, num_workers=workers,
+                                drop_last=False)
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, disable=not progress)
+            for inputs, labels in bar:
+                inputs, labels = inputs.to(device), labels.to(device)
+                inputs = inputs + torch.randn(inputs.shape, generator=noise_gen, device=device) * noise_sd
+                logits = model(inputs)
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(labels)
+                correct += int((logits.argmax(1) == labels).sum())
+                seen += len(labels)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            test_accuracy = float("nan")
+            if evaluate:
+                test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers)
+                eval_gen = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch, 3))
+                test_accuracy = _noisy_accuracy(model, test_loader, noise_sd, device, eval_gen)
+            save_checkpoint(checkpoint_path, model, arch, dataset, noise_sd, epoch + 1, optimizer)
+            _append_log(log_path, (epoch + 1, current_lr, loss_sum / seen, correct / seen, test_accuracy,
+                                   time.perf_counter() - started))
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: lr {current_lr:g}, loss {loss_sum / seen:.4f}, "
+                           f"noisy train acc {correct / seen:.4f}, noisy test acc {test_accuracy:.4f}")
+    return checkpoint_path
+
+
+def _append_log(path: Path, row):
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as handle:
+        if new:
+            handle.write("\t".join(_LOG_COLUMNS) + "\n")
+        handle.write("\t".join(repr(float(v)) if isinstance(v, float) else str(v) for v in row) + "\n")
+        handle.flush()
+
+
+def _trim_log(path: Path, epochs_done: int):
+    """Keep the header and the rows of the epochs the checkpoint holds (a crash between saving the
+    log row and the checkpoint, or the reverse, must not leave rows for epochs that will rerun)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = lines[:1] + [line for line in lines[1:] if line.split("\t")[0].isdigit()
+                        and int(line.split("\t")[0]) <= epochs_done]
+    with atomic_write(path) as out:
+        out.write("\n".join(kept) + "\n")
