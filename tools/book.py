@@ -64,11 +64,16 @@ def parameters_for(name: str, profile: str, overrides: dict) -> dict:
 
 
 def library_fingerprint() -> str:
+    """What executed chapters depend on besides their source and parameters: the library, its
+    data files, and the benchmark results a chapter may read ($RSBOOK_BENCH)."""
     digest = hashlib.sha256()
     for path in sorted((ROOT / "rsbook").rglob("*")):
         if path.suffix in (".py", ".csv") and "__pycache__" not in path.parts:
             digest.update(path.relative_to(ROOT).as_posix().encode())
             digest.update(path.read_bytes())
+    bench = os.environ.get("RSBOOK_BENCH")
+    if bench and Path(bench).is_file():
+        digest.update(Path(bench).read_bytes())
     return digest.hexdigest()
 
 
