@@ -131,7 +131,11 @@ def _init_distributed(device: str) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on the CPU, nccl on GPUs."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
         return False
-    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL collectives need each rank's GPU
+        backend = "nccl"
+    else:
+        backend = "gloo"
     torch.distributed.init_process_group(backend)
     return True
 

@@ -129,3 +129,33 @@ def write_image_folder(root, split, classes=CLASSES, per_class=2, seed=0):
             pixels = rng.integers(0, 256, (26, 30, 3), dtype=np.uint8)  # coarse blocks of colour
             image = Image.fromarray(pixels).resize((300, 260), Image.NEAREST)
             image.save(root / split / name / f"{name}_{i}.JPEG", quality=95)
+
+
+# ------------------------------------------------------------- base classifiers with known probabilities
+
+
+class Linear2(torch.nn.Module):
+    """Two-class linear base classifier f(x) = 1[w.x + b > 0] (Cohen et al. App. B): under
+    N(0, sigma^2 I) noise it returns class 1 with probability Phi((w.x + b) / (sigma ||w||))."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w = torch.as_tensor(w, dtype=torch.float64)
+        self.b = float(b)
+
+    def forward(self, batch):
+        score = batch.reshape(batch.shape[0], -1).to(torch.float64) @ self.w + self.b
+        return torch.stack([-score, score], dim=1)
+
+
+class Constant(torch.nn.Module):
+    """A base classifier that answers `label` of `classes` whatever the input."""
+
+    def __init__(self, label: int = 2, classes: int = 4):
+        super().__init__()
+        self.label, self.classes = label, classes
+
+    def forward(self, batch):
+        out = torch.zeros(batch.shape[0], self.classes)
+        out[:, self.label] = 1.0
+        return out

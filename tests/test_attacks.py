@@ -13,18 +13,7 @@ from rsbook.attacks import ATTACK_COLUMNS, attack_certified, attack_certify_log,
 from rsbook.data import ArrayDataset
 from rsbook.smooth import ABSTAIN, Smooth
 
-
-class Linear2(torch.nn.Module):
-    """Two-class linear base classifier f(x) = 1[w.x + b > 0] (Cohen et al. App. B)."""
-
-    def __init__(self, w, b):
-        super().__init__()
-        self.w = torch.as_tensor(w, dtype=torch.float64)
-        self.b = float(b)
-
-    def forward(self, batch):
-        score = batch.reshape(batch.shape[0], -1).to(torch.float64) @ self.w + self.b
-        return torch.stack([-score, score], dim=1)
+from conftest import Linear2  # noqa: E402  (shared base classifiers)
 
 
 def _linear_setup(distance, dim=6, seed=0):

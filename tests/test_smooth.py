@@ -7,18 +7,7 @@ from scipy.stats import norm
 
 from rsbook.smooth import ABSTAIN, Smooth
 
-
-class Linear2(torch.nn.Module):
-    """Two-class linear base classifier f(x) = 1[w.x + b > 0] (Cohen et al. App. B)."""
-
-    def __init__(self, w, b):
-        super().__init__()
-        self.w = torch.as_tensor(w, dtype=torch.float64)
-        self.b = float(b)
-
-    def forward(self, batch):
-        score = batch.reshape(batch.shape[0], -1).to(torch.float64) @ self.w + self.b
-        return torch.stack([-score, score], dim=1)
+from conftest import Constant, Linear2  # noqa: E402  (shared base classifiers)
 
 
 def _linear_setup(distance):
@@ -50,12 +39,6 @@ def test_certify_is_sound_and_not_trivial():
 
 def test_certify_radius_matches_clopper_pearson_of_counts():
     # With a constant base classifier every sample hits the class: p_A = alpha^(1/n), R = sigma Phi^-1(p_A).
-    class Constant(torch.nn.Module):
-        def forward(self, batch):
-            out = torch.zeros(batch.shape[0], 4)
-            out[:, 2] = 1.0
-            return out
-
     smooth = Smooth(Constant().eval(), num_classes=4, sigma=0.25)
     pred, radius = smooth.certify(torch.zeros(3, 5, 5), n0=10, n=100000, alpha=0.001, batch_size=4096)
     assert pred == 2

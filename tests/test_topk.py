@@ -17,6 +17,8 @@ from rsbook.topk import (
     topk_radius,
 )
 
+from conftest import Constant  # noqa: E402  (shared base classifiers)
+
 
 def _gap(p_l, p_others, k, sigma, radius):
     """LHS minus RHS of Theorem 1 at `radius`, with p_{S_t} = min(sum, 1 - p_l) as in Sec. 3.2."""
@@ -174,12 +176,6 @@ def test_certify_topk_is_sound_and_not_trivial():
 def test_certify_topk_constant_classifier_closed_form():
     # All n samples hit label 2 of 4: SimuEM gives lower = (alpha/4)^(1/n) and upper = 1 - lower for the
     # others. k = 1: sigma Phi^-1(lower) (Cohen's CERTIFY at alpha/4); k = 2: sigma (Phi^-1(lower) - Phi^-1(1/3)).
-    class Constant(torch.nn.Module):
-        def forward(self, batch):
-            out = torch.zeros(batch.shape[0], 4)
-            out[:, 2] = 1.0
-            return out
-
     smooth = Smooth(Constant().eval(), num_classes=4, sigma=0.25)
     lower = (0.001 / 4) ** (1 / 10000)
     r1 = certify_topk(smooth, torch.zeros(3, 5, 5), 2, 1, 10000, 0.001, 4096)
