@@ -6,10 +6,10 @@
     rsbook train --dataset digits --arch digits_cnn --noise-sd 0.25 --epochs 30 --seed 0 --out runs/digits/0.25
     rsbook fetch [NAME ...] [--all] [--list]
 
-Under `torchrun --nproc_per_node=K -m rsbook certify ...` each process certifies a disjoint shard of
-the examples and rank 0 merges the shards into the log. torchrun's own parser reads `--n` and `--max`
-as ambiguous abbreviations of its --nnodes/--nproc-per-node and --max-restarts and stops; pass them
-as `-n` (or `--num-samples`) and `--max-index` there.
+Under `torchrun --nproc_per_node=K -m rsbook -- certify ...` each process certifies a disjoint shard
+of the examples and rank 0 merges the shards into the log. The `--` keeps torchrun's own parser,
+which would read `--n` and `--max` as ambiguous abbreviations of its --nnodes and --max-restarts, off
+our flags; `-n`/`--num-samples` and `--max-index` are aliases that need no `--`.
 """
 
 from __future__ import annotations

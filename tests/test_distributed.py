@@ -27,11 +27,12 @@ def _env():
 
 
 def test_two_ranks_write_the_single_process_rows(tmp_path, digits_checkpoint):
+    # the very same flags as the single process; `--` keeps torchrun's own parser off them
     single, multi = tmp_path / "single" / "log.tsv", tmp_path / "multi" / "log.tsv"
     subprocess.run([sys.executable, "-m", "rsbook", *_args(digits_checkpoint, single, "--n", "--max")],
                    check=True, env=_env(), capture_output=True, timeout=300)
-    result = subprocess.run(TORCHRUN + ["-m", "rsbook", *_args(digits_checkpoint, multi)], env=_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(TORCHRUN + ["-m", "rsbook", "--", *_args(digits_checkpoint, multi, "--n", "--max")],
+                            env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     columns = ["idx", "label", "predict", "radius", "correct"]
     a, b = read_certify_log(single), read_certify_log(multi)
