@@ -325,6 +325,8 @@ def table_status(comparison: pd.DataFrame) -> str:
     statuses = set(comparison["status"])
     if not statuses:
         return STATUSES[3]
+    if not statuses & set(STATUSES):
+        return statuses.pop()  # results with nothing published (rsbook.report.COMPUTED)
     for status in (STATUSES[2], STATUSES[3], STATUSES[1]):
         if status in statuses:
             return status

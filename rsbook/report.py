@@ -21,9 +21,10 @@ from rsbook.logs import finish_manifest, read_manifest, write_manifest
 from rsbook.paths import runs_dir
 
 __all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without_tables", "comparison_table",
-           "styled", "COMPARISONS"]
+           "styled", "COMPARISONS", "COMPUTED"]
 
 COMPARISONS = "comparisons.csv"
+COMPUTED = "computed (nothing published to compare)"
 _STATUS_COLORS = {STATUSES[1]: "#fff3c4", STATUSES[2]: "#ffd6d6"}
 
 
@@ -57,6 +58,16 @@ class ChapterRun:
         self._records.append(result.assign(document=document, table=table, section=section, chapter=self.chapter))
         self._save()
         return result, comparison_table(result, paper.index.name, paper.columns.name, fmt=fmt)
+
+    def record(self, document: str, table: str, ours: pd.DataFrame, section: str, fmt: str = "{:.3f}"):
+        """Record a result the document prints no number for (e.g. a measurement on our own data),
+        so that the scoreboard lists it with status COMPUTED; returns the styled table."""
+        long = ours.stack(future_stack=True).rename("ours").reset_index()
+        long.columns = ["row", "column", "ours"]
+        long = long.assign(paper=np.nan, delta=np.nan, tolerance=np.nan, status=COMPUTED)
+        self._records.append(long.assign(document=document, table=table, section=section, chapter=self.chapter))
+        self._save()
+        return styled(ours, fmt)
 
     def _recorded(self) -> pd.DataFrame:
         if not self._records:
@@ -138,14 +149,20 @@ def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
     `profile`: reproduced exactly / within tolerance / differs / not yet reproduced, worst cell
     first (rsbook.analysis.table_status), the chapter and section where it is reproduced, and the
     number of cells compared. A table reproduced by several chapters (say, from the authors' logs
-    and by a re-run) gets one row per chapter. Reads <runs>/*/<profile>/comparisons.csv."""
+    and by a re-run) gets one row per chapter; results recorded with ChapterRun.record, for which
+    no document prints a number, are listed after their document's tables with status COMPUTED.
+    Reads <runs>/*/<profile>/comparisons.csv."""
     root = Path(runs) if runs is not None else runs_dir()
     records = [pd.read_csv(path, dtype={"row": str, "column": str})
                for path in sorted(root.glob(f"*/{profile}/{COMPARISONS}"))]
     recorded = pd.concat(records, ignore_index=True) if records else pd.DataFrame(
         columns=["document", "table", "chapter", "section", "status"])
+    listed = published.tables()
+    extra = recorded[["document", "table"]].drop_duplicates()
+    extra = extra[~extra.set_index(["document", "table"]).index.isin(listed.set_index(["document", "table"]).index)]
+    listed = pd.concat([listed, extra.assign(kind="ours", title=extra["table"])], ignore_index=True)
     out = []
-    for row in published.tables().itertuples():
+    for row in listed.itertuples():
         cells = recorded[(recorded["document"] == row.document) & (recorded["table"] == row.table)]
         by_chapter = [group for _, group in cells.groupby("chapter", sort=False)] or [cells]
         for group in by_chapter:

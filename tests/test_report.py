@@ -199,3 +199,15 @@ def test_scoreboard_one_row_per_chapter(runs):
     rows = board[(board["document"] == "cohen") & (board["table"] == "Table 2")]
     assert dict(zip(rows["chapter"], rows["status"])) == {"logs": EXACT, "rerun": DIFFERS}
     assert len(board) == len(published.tables()) + 1
+
+
+def test_results_without_a_published_number_are_listed(runs):
+    from rsbook.report import COMPUTED
+
+    run = ChapterRun("relax", "smoke", {})
+    ours = pd.DataFrame({"lp": {0.01: 0.9, 0.02: 0.7}, "milp": {0.01: 0.92, 0.02: 0.75}})
+    run.record("lp", "certified accuracy (ours)", ours, "relax-accuracy")
+    board = scoreboard("smoke")
+    row = board[(board["document"] == "lp") & (board["table"] == "certified accuracy (ours)")]
+    assert len(row) == 1 and row["status"].iloc[0] == COMPUTED and row["cells"].iloc[0] == 4
+    assert run.status("lp", "certified accuracy (ours)") == COMPUTED and run.differences().empty

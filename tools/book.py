@@ -6,7 +6,7 @@ notebooks with Jupyter Book 1.
     python tools/book.py clean
 
 Chapters are jupytext MyST notebooks under book/. Each executes into <runs>/<name>/<profile>/<name>.ipynb
-with the profile's parameters (book/profiles.yml) and any -p overrides injected into its one
+with the profile's parameters (book/profiles/<name>.yml) and any -p overrides injected into its one
 `parameters` cell. An executed chapter is reused while its source, its parameters and the library
 (rsbook/) are unchanged; the root page (the scoreboard) is always executed last. The rendered
 HTML lands in <out>/_build/html.
@@ -56,10 +56,12 @@ def is_notebook(path: Path) -> bool:
 
 
 def parameters_for(name: str, profile: str, overrides: dict) -> dict:
-    profiles = yaml.safe_load((BOOK / "profiles.yml").read_text()) or {}
+    """The chapter's parameters at `profile` (book/profiles/<name>.yml), then the overrides."""
     if profile not in PROFILES:
         raise SystemExit(f"profile must be one of {PROFILES}, got {profile!r}")
-    base = (profiles.get(name) or {}).get(profile) or {}
+    path = BOOK / "profiles" / f"{name}.yml"
+    profiles = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    base = profiles.get(profile) or {}
     return {**base, **overrides, "profile": profile}
 
 
@@ -148,7 +150,7 @@ def render(profile: str, runs: Path, out: Path, executed: dict[str, Path]) -> Pa
     shutil.rmtree(stage, ignore_errors=True)
     for path in BOOK.rglob("*"):
         rel = path.relative_to(BOOK)
-        if rel.parts[0] in ("_build",) or path.is_dir() or rel.name == "profiles.yml":
+        if rel.parts[0] in ("_build", "profiles") or path.is_dir():
             continue
         if path.suffix == ".md" and rel.with_suffix("").as_posix() in executed:
             continue
@@ -212,8 +214,10 @@ def main(argv=None):
         if not args.chapter:
             parser.error("execute needs --chapter")
         doc = next((d for d in toc_documents() if Path(d).name == args.chapter), None)
+        if doc is None and (BOOK / "chapters" / f"{args.chapter}.md").exists():
+            doc = f"chapters/{args.chapter}"  # a chapter not yet in the table of contents
         if doc is None:
-            parser.error(f"no chapter {args.chapter!r} in book/_toc.yml")
+            parser.error(f"no chapter {args.chapter!r} in book/_toc.yml or book/chapters/")
         execute(doc, args.profile, runs, overrides, force=True)
     else:
         clean(runs, out)
