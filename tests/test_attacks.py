@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsbook.attacks import ATTACK_COLUMNS, attack_certified, attack_certify_log, smoothed_pgd
+from rsbook.attacks import ATTACK_COLUMNS, attack_certified, attack_certify_log, pgd, smoothed_pgd
 from rsbook.data import ArrayDataset
 from rsbook.smooth import ABSTAIN, Smooth
 
@@ -222,3 +222,28 @@ def test_attack_certify_log_attacks_only_correct_certified_rows():
     pd.testing.assert_frame_equal(first, frame.iloc[:2])
     none = attack_certify_log(smooth, model, data, log[log["correct"] == 0], **kwargs)
     assert none.empty and tuple(none.columns) == ATTACK_COLUMNS
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_plain_pgd_on_a_linear_classifier(norm):
+    # For f(x) = 1[w.x + b > 0] the exact robust radius is |w.x + b| / ||w||_dual: ||w||_1 for linf, ||w||_2 for l2.
+    torch.manual_seed(0)
+    w = torch.tensor([0.6, -0.8, 0.0])
+    model = Linear2(w, 0.0).eval()
+    x = torch.tensor([[0.3, -0.2, 0.5], [0.1, -0.3, 0.2]])  # both class 1
+    labels = torch.tensor([1, 1])
+    margin = (x.double() @ w.double())
+    radius = margin / (w.abs().sum() if norm == "linf" else w.norm())
+    gen = torch.Generator().manual_seed(0)
+    inside = pgd(model, x, labels, float(radius.min()) * 0.9, norm=norm, steps=30, generator=gen)
+    assert (model(inside).argmax(1) == labels).all()  # nothing inside the exact radius
+    beyond = pgd(model, x, labels, float(radius.max()) * 1.2, norm=norm, steps=30, generator=gen)
+    assert (model(beyond).argmax(1) != labels).all()
+    size = (beyond - x).abs().amax(1) if norm == "linf" else (beyond - x).norm(dim=1)
+    assert (size <= float(radius.max()) * 1.2 + 1e-6).all()
+    boxed = pgd(model, x.abs(), labels, 5.0, norm=norm, steps=5, clip=(0.0, 1.0), generator=gen)
+    assert ((boxed >= 0) & (boxed <= 1)).all()
+    with pytest.raises(ValueError, match="norm"):
+        pgd(model, x, labels, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="labels"):
+        pgd(model, x, torch.tensor([1]), 0.1)
