@@ -31,7 +31,7 @@ import warnings
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from rsbook._checks import check_alpha, check_positive_int, check_sigma
 from rsbook.dataset_runs import example_generator

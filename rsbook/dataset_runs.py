@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from rsbook._checks import check_alpha, check_positive_int
 from rsbook.logs import LogWriter, begin_run, finish_manifest, read_log, write_log

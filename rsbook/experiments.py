@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from rsbook.analysis import certified_accuracy
 from rsbook.attacks import ATTACK_COLUMNS, attack_certify_log

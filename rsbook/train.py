@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from rsbook._checks import check_positive_int, check_sigma
 from rsbook._io import atomic_write

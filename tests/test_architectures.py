@@ -62,7 +62,8 @@ def test_resnet50_builds_without_download(monkeypatch):
     assert isinstance(model[0], NormalizeLayer) and parameter_count(model) == 25_557_032  # torchvision's, 25.6M
     with torch.no_grad():
         assert model(torch.rand(1, 3, 224, 224)).shape == (1, 1000)
-    assert set(ARCHITECTURES) == {"digits_cnn", "rancer_mlp", "cifar_resnet20", "cifar_resnet110", "resnet50"}
+    assert set(ARCHITECTURES) == {"digits_cnn", "rancer_mlp", "cifar_resnet20", "cifar_resnet110", "resnet50",
+                                  "cifar_resnet18"}
 
 
 def test_normalize_layer_is_per_channel_standardisation():

@@ -7,6 +7,7 @@ Architectures (ARCHITECTURES, built by `build(arch, num_classes, dataset)`):
   cifar_resnet110  CIFAR ResNet-110, Cohen et al. 2019's CIFAR-10 base classifier (App. J.2)
   resnet50         torchvision's ResNet-50, 3x224x224 input, Cohen et al.'s ImageNet base classifier;
                    always randomly initialised (no pretrained weights are ever downloaded)
+  cifar_resnet18   ResNet-18 with a CIFAR stem, the RANCER thesis's CIFAR-10 base classifier
 
 Every model takes inputs in the dataset's own units ([0, 1] pixels for images). For cifar10,
 imagenet and imagenette, `build` puts the dataset's per-channel standardisation in front of the
@@ -37,6 +38,7 @@ from rsbook.models.normalize import NormalizeLayer, normalization, normalized
 
 __all__ = [
     "ARCHITECTURES", "build", "save_checkpoint", "load_checkpoint", "DigitsCNN", "RancerMLP", "CifarResNet",
+    "cifar_resnet18",
     "NormalizeLayer", "normalization", "resnet50",
 ]
 
@@ -74,12 +76,26 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
     return torchvision_resnet50(weights=None, num_classes=num_classes)
 
 
+def cifar_resnet18(num_classes: int = 10) -> nn.Module:
+    """ResNet-18 for 32x32 inputs, the RANCER thesis's CIFAR-10 base classifier (Rumezhak 2022,
+    Sec. 5.3.1): torchvision's resnet18 with the CIFAR stem of the DDS/ANCER code bases — a 3x3,
+    stride-1 first convolution and no max-pool — so that 32x32 images keep 32x32 feature maps in
+    the first stage. Random weights; nothing is downloaded."""
+    from torchvision.models import resnet18 as torchvision_resnet18
+
+    net = torchvision_resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
 ARCHITECTURES = {
     "digits_cnn": DigitsCNN,
     "rancer_mlp": RancerMLP,
     "cifar_resnet20": cifar_resnet20,
     "cifar_resnet110": cifar_resnet110,
     "resnet50": resnet50,
+    "cifar_resnet18": cifar_resnet18,
 }
 
 

@@ -1,0 +1,453 @@
+"""The RANCER thesis's experiment as a resumable library call (Rumezhak 2022, Sec. 5.5-5.7).
+
+`run_methods` certifies a set of inputs with the four methods of Tables 5.1-5.6:
+
+  Fixed      Cohen et al.'s CERTIFY at one global sigma (a ball)
+  Isotropic  DDS: sigma optimised per input (rsbook.anisotropic.optimize_isotropic), then CERTIFY (a ball)
+  ANCER      diagonal sigma optimised from the DDS sigma (optimize_ancer): an axis-aligned ellipsoid
+  RANCER     rotated sigma from the DDS sigma and the Hessian's eigenvectors (optimize_rancer): a
+             rotated ellipsoid
+
+in chunks of `chunk_size` inputs, into a run folder root/anisotropic/<label>-<digest> with one TSV per
+method (one row per input, appended as it is certified) and one file per method and chunk holding the
+optimised parameters (sigma, rotation) and the optimisation trace. Re-running the call with the same
+parameters resumes: finished chunks are read back, a chunk whose parameters are on disk is only
+certified. Every chunk's optimisation draws from a generator seeded by (seed, method, chunk start)
+and every input's certification from one seeded by (seed, method, index), so a resumed run writes the
+same rows. `AnisotropicRun` reads the results back, builds the certified regions and applies
+memory-based certification (rsbook.memory).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from rsbook._io import atomic_write
+from rsbook.anisotropic import (ABSTAIN, accuracy_table, acr_table, average_radius_improvement, certify,
+                                optimize_ancer, optimize_isotropic, optimize_rancer)
+from rsbook.curvature import Rotation
+from rsbook.experiments import run_folder
+from rsbook.logs import ResultsTable, begin_run, finish_manifest
+from rsbook.memory import MEMORY_STATUSES, Region, memory_certify, region_conflicts
+
+__all__ = ["METHODS", "RESULT_COLUMNS", "CONFIG", "cpu_threads", "run_methods", "AnisotropicRun", "method_generator",
+           "thesis_config", "thesis_settings", "toy_experiment", "released_toy", "image_experiment",
+           "processing_order", "pick_examples", "soundness_table"]
+
+CONFIG = "tarasrumezhak/RANCER/pipeline_2D/config.json"
+"""The authors' released hyper-parameters of the thesis's 2-D pipeline (a pinned artifact)."""
+
+METHODS = ("Fixed", "Isotropic", "ANCER", "RANCER")
+RESULT_COLUMNS = ("idx", "label", "prediction", "correct", "p_a_lower", "gap", "radius", "proxy_radius", "sigma_min",
+                  "sigma_max", "sigma_geometric_mean", "optimize_seconds", "certify_seconds")
+
+
+def method_generator(seed: int, method: str, key: int, device=None) -> torch.Generator:
+    """A torch.Generator on `device` seeded from (seed, method, key) through numpy's SeedSequence."""
+    entropy = [int(seed), METHODS.index(method) if method in METHODS else 99, int(key)]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=torch.device("cpu" if device is None else device)).manual_seed(int(state))
+
+
+@contextmanager
+def cpu_threads(count: int | None):
+    """Run the body with torch limited to `count` CPU threads (None: leave the setting alone), then
+    restore it. Small models on a busy CPU run several times faster on one thread than on two that
+    wait for each other at every operation."""
+    if count is None:
+        yield
+        return
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"num_threads must be None or an integer >= 1, got {count!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _chunk_path(folder: Path, method: str, start: int) -> Path:
+    return folder / "parameters" / f"{method}-{start:06d}.pt"
+
+
+def _optimize(method: str, model, x, iso_sigma, settings: dict, generator):
+    if method == "Isotropic":
+        return optimize_isotropic(model, x, settings["sigma0"], generator=generator, **settings["iso"])
+    if method == "ANCER":
+        return optimize_ancer(model, x, iso_sigma, generator=generator, **settings["ancer"])
+    return optimize_rancer(model, x, iso_sigma, generator=generator, **settings["rancer"])
+
+
+def _chunk_parameters(folder, method, start, model, x, settings, seed, device) -> dict:
+    """The optimised parameters of one chunk: read back if on disk, else computed and saved."""
+    path = _chunk_path(folder, method, start)
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    if method == "Fixed":
+        saved = {"sigma": torch.full((len(x),), float(settings["fixed_sigma"])), "rotation": None, "trace": None,
+                 "eigenvalues": None, "optimize_seconds": 0.0}
+    else:
+        iso = None
+        if method in ("ANCER", "RANCER"):
+            iso = torch.load(_chunk_path(folder, "Isotropic", start), map_location="cpu",
+                             weights_only=False)["sigma"].to(device)
+        _sync(device)
+        started = time.perf_counter()
+        result = _optimize(method, model, x, iso, settings, method_generator(seed, method, start, device))
+        _sync(device)
+        elapsed = time.perf_counter() - started
+        saved = {"sigma": result.sigma.cpu(), "rotation": None if result.rotation is None else result.rotation.state(),
+                 "eigenvalues": None if result.eigenvalues is None else result.eigenvalues.cpu(),
+                 "trace": {name: values for name, values in result.trace.items()}, "optimize_seconds": elapsed}
+    with atomic_write(path, "wb") as out:
+        torch.save(saved, out)
+    return saved
+
+
+def _run_chunk(folder, start, stop, methods, tables, model, inputs, labels, indices, settings, *, num_classes, n0,
+               n, alpha, batch_size, seed, device):
+    """Optimise (or read back) and certify the inputs start..stop-1 with every method."""
+    x = inputs[start:stop]
+    for method in methods:
+        todo = [p for p in range(start, stop) if int(indices[p]) not in tables[method].done]
+        if not todo and (method != "Isotropic" or _chunk_path(folder, method, start).exists()):
+            continue
+        saved = _chunk_parameters(folder, method, start, model, x, settings, seed, device)
+        rotation = None if saved["rotation"] is None else Rotation.from_state(saved["rotation"], device)
+        rows = []
+        for position in todo:
+            local = position - start
+            sigma = saved["sigma"][local].to(device)
+            one_rotation = None if rotation is None else rotation[local]
+            _sync(device)
+            started = time.perf_counter()
+            result = certify(model, inputs[position], float(sigma) if sigma.dim() == 0 else sigma, one_rotation,
+                             num_classes=num_classes, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                             generator=method_generator(seed, method, int(indices[position]), device))
+            _sync(device)
+            flat = sigma.double().reshape(-1)
+            rows.append({"idx": int(indices[position]), "label": int(labels[position]),
+                         "prediction": result.prediction, "correct": int(result.prediction == labels[position]),
+                         "p_a_lower": result.p_a_lower, "gap": result.gap, "radius": result.radius,
+                         "proxy_radius": result.proxy_radius, "sigma_min": float(flat.min()),
+                         "sigma_max": float(flat.max()), "sigma_geometric_mean": float(torch.exp(flat.log().mean())),
+                         "optimize_seconds": saved["optimize_seconds"] / len(x),
+                         "certify_seconds": time.perf_counter() - started})
+        tables[method].append(rows)
+
+
+def run_methods(root, label: str, model, inputs, labels, *, num_classes: int, fixed_sigma: float, sigma0: float,
+                iso: dict, ancer: dict, rancer: dict, n0: int, n: int, alpha: float, batch_size: int,
+                indices=None, chunk_size: int = 64, seed: int = 0, methods=METHODS, model_id: str = "",
+                device=None, num_threads: int | None = None, progress: bool = False) -> "AnisotropicRun":
+    """Optimise and certify `inputs` (shape (N, *input_shape), true `labels` (N,)) with each method of
+    `methods` (a subset of METHODS, in that order; ANCER and RANCER need Isotropic), resumably.
+
+    fixed_sigma: Fixed's sigma. sigma0: DDS's initial sigma. iso, ancer, rancer: keyword arguments of
+    optimize_isotropic / optimize_ancer / optimize_rancer (iterations, learning_rate, num_samples,
+    kappa, clip_sigma, rank, ...). n0, n, alpha, batch_size: CERTIFY's. indices: dataset indices of
+    the inputs (the idx column; default 0..N-1). model_id: names the model in the run's parameters
+    (e.g. its checkpoint path), so another model gets another run folder.
+    Optimisation time per input is the chunk's time divided by its size (the optimisers work on a
+    whole chunk at once); certification time is measured per input. num_threads: torch CPU threads
+    while it runs (see cpu_threads; None leaves the setting alone).
+    """
+    device = torch.device("cpu" if device is None else device)
+    methods = [m for m in METHODS if m in methods]
+    if any(m in methods for m in ("ANCER", "RANCER")) and "Isotropic" not in methods:
+        raise ValueError("methods ANCER and RANCER start from the Isotropic (DDS) sigma: include 'Isotropic'")
+    inputs = torch.as_tensor(inputs).to(device)
+    labels = np.asarray(labels, dtype=int)
+    indices = np.arange(len(inputs)) if indices is None else np.asarray(indices, dtype=int)
+    if not len(inputs) == len(labels) == len(indices):
+        raise ValueError(f"inputs, labels and indices must have the same length, got {len(inputs)}, {len(labels)}, "
+                         f"{len(indices)}")
+    settings = {"fixed_sigma": float(fixed_sigma), "sigma0": float(sigma0), "iso": dict(iso), "ancer": dict(ancer),
+                "rancer": dict(rancer)}
+    if "clip_sigma" in settings["rancer"]:
+        settings["rancer"]["clip_sigma"] = tuple(settings["rancer"]["clip_sigma"])
+    parameters = {"model": model_id, "num_classes": int(num_classes), **settings, "n0": int(n0), "n": int(n),
+                  "alpha": float(alpha), "batch_size": int(batch_size), "chunk_size": int(chunk_size),
+                  "indices": [int(i) for i in indices], "labels": [int(v) for v in labels]}
+    folder = run_folder(root, "anisotropic", label, {**parameters, "seed": int(seed)})
+    begin_run(folder, parameters, seed=seed, device=device)
+    starts = list(range(0, len(inputs), int(chunk_size)))
+    tables = {m: ResultsTable(folder / f"{m}.tsv", RESULT_COLUMNS) for m in methods}
+    with cpu_threads(num_threads):
+        for start in (tqdm(starts, desc=label) if progress else starts):
+            _run_chunk(folder, start, min(start + int(chunk_size), len(inputs)), methods, tables, model, inputs, labels,
+                       indices, settings, num_classes=num_classes, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                       seed=seed, device=device)
+    finish_manifest(folder)
+    return AnisotropicRun(folder, inputs.cpu(), methods, chunk_size=int(chunk_size))
+
+
+@dataclass
+class AnisotropicRun:
+    """The results of run_methods in `folder`: per-method results frames, the optimised parameters,
+    the certified regions, memory-based certification and the thesis's tables."""
+
+    folder: Path
+    inputs: torch.Tensor
+    methods: list
+    chunk_size: int
+
+    def __post_init__(self):
+        self._memory: dict = {}
+
+    def results(self, method: str) -> pd.DataFrame:
+        """The method's rows (RESULT_COLUMNS), in input order (whatever order a resumed run appended them in)."""
+        frame = pd.read_csv(self.folder / f"{method}.tsv", sep="\t")
+        indices = json.loads((self.folder / "manifest.json").read_text())["parameters"]["indices"]
+        position = {int(idx): p for p, idx in enumerate(indices)}
+        if sorted(frame["idx"].map(position).tolist()) != list(range(len(indices))):
+            raise ValueError(f"{self.folder / f'{method}.tsv'} does not hold one row per input; rerun run_methods "
+                             "with the same arguments to complete it")
+        return frame.iloc[np.argsort(frame["idx"].map(position).to_numpy())].reset_index(drop=True)
+
+    def all_results(self, memory: bool = False, order=None) -> dict:
+        """{method: results frame}, before or (memory=True) after memory-based certification in `order`."""
+        return {m: (self.with_memory(m, order)[0] if memory else self.results(m)) for m in self.methods}
+
+    def _chunk(self, method: str, start: int) -> dict:
+        return torch.load(_chunk_path(self.folder, method, start), map_location="cpu", weights_only=False)
+
+    def _chunks(self, method: str) -> list[dict]:
+        return [self._chunk(method, start) for start in range(0, len(self.inputs), self.chunk_size)]
+
+    def parameters(self, method: str) -> tuple[torch.Tensor, Rotation | None]:
+        """(sigma of every input, stacked; the batch of rotations or None)."""
+        chunks = self._chunks(method)
+        sigma = torch.cat([c["sigma"] for c in chunks])
+        if chunks[0]["rotation"] is None:
+            return sigma, None
+        rotations = [Rotation.from_state(c["rotation"]) for c in chunks]
+        return sigma, Rotation(torch.cat([r.reflectors for r in rotations]), torch.cat([r.tau for r in rotations]),
+                               torch.cat([r.signs for r in rotations]))
+
+    def trace(self, method: str, positions) -> pd.DataFrame:
+        """The optimisation traces (rsbook.anisotropic.TRACE_QUANTITIES per iteration) of the inputs at
+        `positions`, long format with a `position` column."""
+        frames, chunks = [], {}
+        for position in positions:
+            start = position - position % self.chunk_size
+            if start not in chunks:
+                chunks[start] = self._chunk(method, start)
+            chunk = chunks[start]
+            local = position - start
+            columns = {name: values[:, local].numpy() for name, values in chunk["trace"].items()}
+            steps = len(next(iter(columns.values())))
+            frames.append(pd.DataFrame({"iteration": np.arange(steps), "position": position, **columns}))
+        return pd.concat(frames, ignore_index=True)
+
+    def regions(self, method: str) -> list:
+        """The certified region of every input (rsbook.memory.Region; None where CERTIFY abstained)."""
+        frame = self.results(method)
+        sigma, rotation = self.parameters(method)
+        regions = []
+        for position, row in enumerate(frame.itertuples()):
+            if row.prediction == ABSTAIN:
+                regions.append(None)
+                continue
+            scale = sigma[position].double().reshape(-1).numpy()
+            scale = float(scale[0]) if scale.size == 1 else scale
+            regions.append(Region(self.inputs[position].double().reshape(-1).numpy(), int(row.prediction),
+                                  float(row.gap), scale, None if rotation is None else rotation[position]))
+        return regions
+
+    def with_memory(self, method: str, order=None) -> tuple[pd.DataFrame, list, float]:
+        """Memory-based certification (Algorithm 1) of the method's regions in `order` (positions; default
+        input order): (results frame with prediction, correct, radius and proxy_radius after memory plus
+        the memory status, the final regions, seconds it took)."""
+        key = (method, None if order is None else tuple(int(i) for i in order))
+        if key not in self._memory:
+            regions = self.regions(method)
+            started = time.perf_counter()
+            final, memory = memory_certify(regions, order)
+            self._memory[key] = (final, memory, time.perf_counter() - started)
+        final, memory, elapsed = self._memory[key]
+        frame = self.results(method)
+        out = frame.copy()
+        out["prediction"] = memory["prediction"].to_numpy()
+        out["correct"] = (out["prediction"] == out["label"]).astype(int)
+        out["radius"] = memory["radius"].to_numpy()
+        out["proxy_radius"] = memory["proxy_radius"].to_numpy()
+        out["memory_status"] = memory["status"].to_numpy()
+        return out, final, elapsed
+
+    def tables(self, radii, memory: bool = True, order=None, rename: dict | None = None) -> dict:
+        """The thesis's tables on this run: 'radius' and 'proxy' (certified accuracy by radius and by proxy
+        radius, Tables 5.1/5.3 and 5.2/5.4) and 'acr' (Table 5.5); `rename` maps method names to the
+        table's row names (e.g. {'Isotropic': 'DDS'} for Tables 5.3-5.5)."""
+        results = {(rename or {}).get(m, m): frame for m, frame in self.all_results(memory, order).items()}
+        return {"radius": accuracy_table(results, radii, "radius"), "proxy": accuracy_table(results, radii,
+                                                                                             "proxy_radius"),
+                "acr": acr_table(results)}
+
+    def improvement(self, method: str = "RANCER", reference: str = "ANCER", memory: bool = True, order=None) -> dict:
+        """ARI and proxy ARI of `method` over `reference` (Sec. 5.2, 5.6)."""
+        ours = self.with_memory(method, order)[0] if memory else self.results(method)
+        theirs = self.with_memory(reference, order)[0] if memory else self.results(reference)
+        return {"ARI": average_radius_improvement(ours, theirs, "radius"),
+                "ARI_proxy": average_radius_improvement(ours, theirs, "proxy_radius")}
+
+    def timing(self, order=None) -> pd.DataFrame:
+        """Mean seconds per input for each method: optimisation, certification, memory-based
+        certification, and the total of the pipeline (ANCER and RANCER include the DDS step they start from)."""
+        rows = {}
+        for method in self.methods:
+            frame = self.results(method)
+            _, _, memory_seconds = self.with_memory(method, order)
+            rows[method] = {"optimize": float(frame["optimize_seconds"].mean()),
+                            "certify": float(frame["certify_seconds"].mean()),
+                            "memory": memory_seconds / len(frame)}
+        for method in ("ANCER", "RANCER"):
+            if method in rows and "Isotropic" in rows:
+                rows[method]["optimize"] += rows["Isotropic"]["optimize"]
+        table = pd.DataFrame(rows).T
+        table["total"] = table.sum(axis=1)
+        table.index.name, table.columns.name = "method", "seconds per input"
+        return table
+
+
+# ------------------------------------------------------------------------------ experiment set-ups
+
+
+def thesis_config() -> dict:
+    """The thesis's 2-D pipeline hyper-parameters, config.json of tarasrumezhak/RANCER (fetched and
+    verified against its pinned SHA-256): initial_theta, iso_learning_rate, iso_iterations,
+    iso_num_samples, rancer_learning_rate, rancer_iterations, rancer_num_samples,
+    rancer_regularization_weight, alpha, N, N0, ..."""
+    from rsbook.published import fetch
+
+    return json.loads(fetch(CONFIG).read_text())
+
+
+_CONFIG_KEYS = ("initial_theta", "iso_learning_rate", "iso_iterations", "iso_num_samples", "rancer_learning_rate",
+                "rancer_iterations", "rancer_num_samples", "rancer_regularization_weight", "alpha", "N", "N0")
+
+
+def thesis_settings(config: dict, overrides: dict | None = None, clip_sigma=(0.15, 0.15), rank=None,
+                    batch_size: int = 10000) -> dict:
+    """Keyword arguments of run_methods from the thesis's config.json names, with `overrides` (same
+    names) replacing some: fixed_sigma and sigma0 = initial_theta; iso = iso_learning_rate /
+    iso_iterations / iso_num_samples; ancer and rancer = rancer_learning_rate / rancer_iterations /
+    rancer_num_samples / rancer_regularization_weight (kappa; ANCER's settings, which the authors' 2-D
+    pipeline also uses for ANCER), plus RANCER's clip_sigma and rank; n0 = N0, n = N, alpha."""
+    merged = {**config, **(overrides or {})}
+    unknown = sorted(set(overrides or {}) - set(_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"overrides may only name {_CONFIG_KEYS}, got {unknown}")
+    missing = [k for k in _CONFIG_KEYS if k not in merged]
+    if missing:
+        raise ValueError(f"config lacks {missing}")
+    volume = {"iterations": int(merged["rancer_iterations"]), "learning_rate": float(merged["rancer_learning_rate"]),
+              "num_samples": int(merged["rancer_num_samples"]), "kappa": float(merged["rancer_regularization_weight"])}
+    return {"fixed_sigma": float(merged["initial_theta"]), "sigma0": float(merged["initial_theta"]),
+            "iso": {"iterations": int(merged["iso_iterations"]), "learning_rate": float(merged["iso_learning_rate"]),
+                    "num_samples": int(merged["iso_num_samples"])},
+            "ancer": dict(volume), "rancer": {**volume, "clip_sigma": tuple(clip_sigma), "rank": rank},
+            "n0": int(merged["N0"]), "n": int(merged["N"]), "alpha": float(merged["alpha"]),
+            "batch_size": int(batch_size)}
+
+
+def toy_experiment(kind: str, n_points: int, n_classes: int, *, test_fraction: float = 0.2, epochs: int = 1000,
+                   seed: int = 0) -> dict:
+    """A seeded toy set (rsbook.toy2d.make_toy), split, and the thesis's shallow classifier trained on
+    its training part (seconds; deterministic, so it is recomputed rather than stored). Returns
+    {model, train: (points, labels), test: (points, labels), model_id}."""
+    from rsbook.toy2d import make_toy, train_test_split, train_toy_classifier
+
+    points, labels = make_toy(kind, n_points, n_classes, seed=seed)
+    train, test = train_test_split(points, labels, test_fraction, seed=seed)
+    model = train_toy_classifier(*train, n_classes, epochs=epochs, seed=seed)
+    return {"model": model, "train": train, "test": test,
+            "model_id": f"toy2d:{kind}:{n_points}:{n_classes}:{test_fraction}:{epochs}:{seed}"}
+
+
+def released_toy(skip: int = 1) -> dict:
+    """The thesis's released 2-D test set (236 points, every `skip`-th kept) and its released
+    Linear(2, 3) -> tanh -> Linear(3, 2) classifier. Returns {model, test: (points, labels), indices, model_id}."""
+    from rsbook.data import load_dataset
+    from rsbook.models import load_checkpoint
+    from rsbook.published import fetch
+
+    name = "tarasrumezhak/RANCER/pipeline_2D/weights/model_weights.pth"
+    model, _ = load_checkpoint(fetch(name), 2, arch="rancer_mlp")
+    data = load_dataset("rancer_toy", "test")
+    indices = np.arange(0, len(data), int(skip))
+    return {"model": model, "test": (data.x[indices].numpy(), data.labels[indices].numpy()), "indices": indices,
+            "model_id": name}
+
+
+def image_experiment(root, dataset: str, arch: str, train_sigma: float, epochs: int, num_examples: int, *,
+                     seed: int = 0, device=None, num_threads: int | None = None, **train_kwargs) -> dict:
+    """Train (resumably, rsbook.experiments.train_models) a base classifier on `dataset` with Gaussian
+    noise train_sigma and draw `num_examples` test inputs uniformly without replacement (seeded; in
+    index order, which is also the memory order). arch 'cifar_resnet18' is the thesis's ResNet-18
+    (rsbook.models). num_threads: torch CPU threads while training (see cpu_threads). Returns {model,
+    test: (inputs, labels), indices, model_id (the checkpoint)}."""
+    from rsbook.data import load_dataset, num_classes
+    from rsbook.experiments import train_models
+    from rsbook.models import load_checkpoint
+
+    with cpu_threads(num_threads):
+        checkpoint = train_models(root, dataset, arch, [train_sigma], epochs=epochs, seed=seed, device=device,
+                                  **train_kwargs)[float(train_sigma)]
+    model, _ = load_checkpoint(checkpoint, num_classes(dataset), device=device, dataset=dataset)
+    data = load_dataset(dataset, "test")
+    count = min(int(num_examples), len(data))
+    indices = np.sort(np.random.default_rng(seed).choice(len(data), count, replace=False))
+    inputs = torch.stack([data[int(i)][0] for i in indices])
+    labels = np.array([data[int(i)][1] for i in indices])
+    return {"model": model, "test": (inputs, labels), "indices": indices, "model_id": str(checkpoint)}
+
+
+def processing_order(count: int, seed=None):
+    """The order in which memory-based certification processes the inputs: None (their given order)
+    when seed is None, else a seeded random permutation of range(count)."""
+    return None if seed is None else np.random.default_rng(seed).permutation(int(count))
+
+
+def pick_examples(run: "AnisotropicRun", count: int, methods=("Isotropic", "ANCER", "RANCER")) -> list[int]:
+    """Positions of `count` inputs to draw: among those every method in `methods` certified correctly,
+    the ones whose RANCER region is most elongated (largest max/min sigma), a property of the
+    results, not a choice by hand."""
+    frames = [run.results(m) for m in methods]
+    ok = np.logical_and.reduce([f["correct"].to_numpy() == 1 for f in frames])
+    reference = run.results("RANCER") if "RANCER" in run.methods else frames[-1]
+    elongation = (reference["sigma_max"] / reference["sigma_min"]).to_numpy()
+    candidates = np.flatnonzero(ok)
+    chosen = candidates[np.argsort(-elongation[candidates], kind="stable")[:count]]
+    return sorted(int(c) for c in chosen)
+
+
+def soundness_table(run: "AnisotropicRun", order=None) -> pd.DataFrame:
+    """Per method: pairs of certified regions of different classes that intersect before and after
+    memory-based certification (rsbook.memory.region_conflicts), and how many inputs memory kept,
+    shrank or abstained on."""
+    rows = {}
+    for method in run.methods:
+        frame, final, _ = run.with_memory(method, order)
+        counts = frame["memory_status"].value_counts()
+        rows[method] = {"conflicts before memory": len(region_conflicts(run.regions(method))),
+                        "conflicts after memory": len(region_conflicts(final)),
+                        **{status: int(counts.get(status, 0)) for status in MEMORY_STATUSES}}
+    table = pd.DataFrame(rows).T
+    table.index.name = "method"
+    return table
