@@ -372,7 +372,9 @@ def test_certificates_attacks_and_timings_on_a_trained_model(tiny_run):
     assert list(exact.columns) == list(fx.CERTIFY_COLUMNS)
     x = torch.stack([data[i][0] for i in indices])
     prediction, radius = model.certify_linear(x)
-    assert np.allclose(exact["radius"], radius.numpy()) and (exact["predict"] == prediction.numpy()).all()
+    # embedding in batches of 5 or 12 changes float32 rounding only
+    assert np.allclose(exact["radius"], radius.numpy(), rtol=1e-4, atol=1e-5)
+    assert (exact["predict"] == prediction.numpy()).all()
     assert fx.sparsemax_agreement(model, z, 1.0) == 1.0
 
     kwargs = dict(num_classes=10, sigma=0.25, n0=20, n=200, alpha=0.01, batch_size=100, seed=0,
