@@ -133,7 +133,7 @@ def _browser_report(chromium, base, page, html_dir, profile_dir, screenshot):
     return json.loads(html.unescape(dom.split(marker, 1)[1].split("</pre>", 1)[0]))
 
 
-@pytest.mark.parametrize("chapter, figures", [("cohen_logs", 7), ("cohen_rerun", 4), ("fars", 4), ("ancer", 3)])
+@pytest.mark.parametrize("chapter, figures", [("cohen_logs", 7), ("cohen_rerun", 4), ("relax", 6), ("fars", 4), ("ancer", 3)])
 def test_browser_loads_each_chapter_and_every_figure(smoke_book, tmp_path, chapter, figures):
     chromium = _chromium()
     runs_dir, html_dir = smoke_book

@@ -1,0 +1,21 @@
+"""Certificates by convex relaxation (LP slides, document 003; Wong & Kolter 2018).
+
+Modules:
+  network    a torch.nn.Sequential of Linear / ReLU / Flatten / Conv2d as an affine–ReLU chain
+  interval   interval bound propagation (IBP)
+  dual       Wong & Kolter's closed-form dual bound; layer-wise intermediate bounds
+  lp         the "Overall LP" (triangle relaxation) and the exact MILP as parametrized cvxpy problems
+  certify    margin lower bounds and YES / MAYBE / NO answers (Certifier; cached per network)
+  training   the chapter's networks; normal, noise and dual-robust training with an ε ramp
+  evaluate   answers over a test subsample (resumable), summaries, timings, randomized smoothing
+  geometry   the 2-D pictures: the ball's image under a network and its relaxations
+  toy        seeded two-moons data
+  plots      the chapter's figures
+
+The public entry points are re-exported here: margin_lower_bounds, certify, Certifier, SolverError.
+"""
+
+from rsbook.relax.certify import ANSWERS, METHODS, Certifier, certifier, certify, margin_lower_bounds
+from rsbook.relax.lp import SolverError
+
+__all__ = ["margin_lower_bounds", "certify", "Certifier", "certifier", "SolverError", "METHODS", "ANSWERS"]

@@ -1,0 +1,321 @@
+"""Margin lower bounds and YES / MAYBE / NO certificates of a ReLU network (LP slides, "Certification
+via Convex Relaxation").
+
+For the class c* = `label` and every target t ≠ c*, m*_t = min over the ε-ball of F(x̃)_c* − F(x̃)_t
+is the worst-case margin ("Recall: Exact Certification"); each method returns a lower bound m_t:
+
+  'ibp'   interval bound propagation, the last layer folded into the margin (rsbook.relax.interval)
+  'dual'  Wong & Kolter's closed-form dual bound (rsbook.relax.dual)
+  'lp'    the "Overall LP" with the triangle relaxation (rsbook.relax.lp), HiGHS / Clarabel
+  'milp'  the exact mixed-integer program (ℓ∞ only), HiGHS: m_t = m*_t
+
+The answers (slides, "Now we allow the following answers"): YES when every m_t > 0 (no point of the
+ball is classified other than c*); NO when a point of the ball is found that the real network does
+not classify as c* — x itself, the relaxation's argmin x̃ (slides, "Intermediate Summary"), or a PGD
+attack (rsbook.attacks.pgd); MAYBE otherwise. With `label` the network's prediction at x these are
+the slides' answers; with the true label, YES certifies a correct and robust prediction.
+
+Ordering (tested): ibp ≤ lp ≤ milp = m*_t when the LP uses intermediate bounds inside the interval
+ones; dual ≤ lp with the same intermediate bounds.
+
+The LP and MILP are built once per (network, norm, method) as parametrized cvxpy problems and
+re-solved for every input, radius and target (`Certifier`, cached per network by the module-level
+functions); `Certifier(..., cache=False)` rebuilds them for every solve (to measure the difference).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import weakref
+
+import numpy as np
+import torch
+
+from rsbook._checks import check_positive_int
+from rsbook.attacks import pgd
+from rsbook.relax.dual import BOUND_KINDS, dual_margins, intermediate_bounds
+from rsbook.relax.interval import NORMS, interval_margins
+from rsbook.relax.lp import RelaxedProblem, SolverError
+from rsbook.relax.network import AffineNetwork, affine_network, network_fingerprint
+
+__all__ = ["METHODS", "INTERMEDIATE", "DEFAULT_BOUNDS", "ANSWERS", "Certifier", "certifier", "margin_lower_bounds",
+           "certify", "SolverError"]
+
+METHODS = ("ibp", "dual", "lp", "milp")
+INTERMEDIATE = (*BOUND_KINDS, "lp")
+"""Where the pre-activation bounds come from: 'ibp', 'dual', 'ibp+dual' (rsbook.relax.dual) or 'lp'
+(the interval ∩ dual bounds of each layer tightened by solving the LP of the layers before it for
+every unstable neuron, min and max)."""
+DEFAULT_BOUNDS = {"ibp": "ibp", "dual": "dual", "lp": "ibp", "milp": "ibp"}
+ANSWERS = ("YES", "MAYBE", "NO")
+TOLERANCE = 1e-6
+"""A margin bound must exceed this to count as positive: the solvers' optima carry feasibility
+tolerances of about 1e-7, and the network runs in float32."""
+
+
+def _check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_method(method: str, norm: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "milp" and norm != "linf":
+        raise ValueError("method 'milp' is exact for the ℓ∞ ball only (norm='linf')")
+    return method
+
+
+class Certifier:
+    """Certificates for one network on inputs of one shape.
+
+    net: a torch.nn.Sequential of Linear, ReLU, Flatten, Conv2d (rsbook.relax.network); it is
+    converted once, in float64. input_shape: the shape of one input x (e.g. (1, 8, 8)).
+    cache: keep each compiled LP / MILP and re-solve it (True), or build and compile a new one for
+    every solve, i.e. every input, radius and target (False; to measure what DPP saves).
+    The network must not change while the Certifier is in use; the module-level functions
+    (`certifier`) build a new one when its weights do.
+    """
+
+    def __init__(self, net, input_shape, cache: bool = True):
+        self.net = net
+        network = affine_network(net, input_shape)  # on the CPU: the solvers and the bounds run there
+        self.network = AffineNetwork(tuple(w.cpu() for w in network.weights), tuple(b.cpu() for b in network.biases),
+                                     network.input_shape)
+        self.input_shape = self.network.input_shape
+        self.fingerprint = network_fingerprint(net)
+        self.cache = bool(cache)
+        self._problems: dict = {}
+        self.num_classes = self.network.num_classes
+
+    # ------------------------------------------------------------------ inputs
+    def _x(self, x) -> torch.Tensor:
+        x = torch.as_tensor(x).detach().to("cpu", torch.float64)
+        if tuple(x.shape) != tuple(self.input_shape):
+            raise ValueError(f"x must have shape {tuple(self.input_shape)}, got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x must be finite: it holds NaN or infinite values")
+        return x.reshape(1, -1)
+
+    def _label(self, label) -> int:
+        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
+            label = int(label)
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < self.num_classes:
+            raise ValueError(f"label must be a class in 0..{self.num_classes - 1}, got {label!r}")
+        return int(label)
+
+    def _spec(self, label: int) -> torch.Tensor:
+        """Rows e_label − e_t for every t (the row t = label is zero)."""
+        spec = -torch.eye(self.num_classes, dtype=torch.float64)
+        spec[:, label] += 1.0
+        return spec
+
+    def problem(self, norm: str, method: str, depth: int | None = None) -> RelaxedProblem:
+        """The parametrized LP ('lp') or MILP ('milp') for `norm`, compiled at its first solve and kept
+        (a fresh one each call when cache=False)."""
+        depth = self.network.depth if depth is None else depth
+        key = (norm, method, depth)
+        if not self.cache or key not in self._problems:
+            built = RelaxedProblem(self.network, norm, integer=method == "milp", depth=depth)
+            if not self.cache:
+                return built
+            self._problems[key] = built
+        return self._problems[key]
+
+    # ------------------------------------------------------------------ bounds
+    def bounds(self, x, eps: float, norm: str = "linf", kind: str = "ibp", time_limit: float | None = None) -> list:
+        """Pre-activation bounds [(l, u)] (numpy, one pair per hidden layer) over the ε-ball around x.
+        kind: one of INTERMEDIATE."""
+        norm, eps = _check_norm(norm), _check_eps(eps)
+        if kind not in INTERMEDIATE:
+            raise ValueError(f"bounds must be one of {INTERMEDIATE} or a list of (l, u) pairs, got {kind!r}")
+        xt = self._x(x)
+        with torch.no_grad():
+            start = intermediate_bounds(self.network, xt, eps, norm, "ibp+dual" if kind == "lp" else kind)
+        bounds = [(lo[0].numpy().copy(), up[0].numpy().copy()) for lo, up in start]
+        if kind == "lp":
+            bounds = self._tighten(xt[0].numpy(), eps, norm, bounds, time_limit)
+        return bounds
+
+    def _tighten(self, x: np.ndarray, eps: float, norm: str, bounds: list, time_limit) -> list:
+        """Layer by layer from the second hidden layer: min and max of every unstable pre-activation
+        over the LP of the layers before it (with the already tightened bounds)."""
+        for i in range(1, len(bounds)):
+            lower, upper = bounds[i][0].copy(), bounds[i][1].copy()
+            problem = self.problem(norm, "lp", depth=i + 1)
+            for j in np.flatnonzero((lower < 0) & (upper > 0)):
+                unit = np.zeros(len(lower))
+                unit[j] = 1.0
+                low, _ = problem.solve(x, eps, bounds, unit, time_limit)
+                high, _ = problem.solve(x, eps, bounds, -unit, time_limit)
+                lower[j], upper[j] = max(lower[j], low), min(upper[j], -high)
+            bounds[i] = (lower, np.maximum(upper, lower))
+        return bounds
+
+    def _resolve_bounds(self, x, eps, norm, method, bounds, time_limit) -> list:
+        if bounds is None:
+            bounds = DEFAULT_BOUNDS[method]
+        if isinstance(bounds, str):
+            return self.bounds(x, eps, norm, bounds, time_limit)
+        bounds = [(np.asarray(lo, dtype=float).reshape(-1), np.asarray(up, dtype=float).reshape(-1))
+                  for lo, up in bounds]
+        dims = self.network.dims[1:-1]
+        if len(bounds) != len(dims) or any(lo.shape != (n,) or up.shape != (n,) for (lo, up), n in zip(bounds, dims)):
+            raise ValueError(f"bounds must hold one (l, u) pair per hidden layer with sizes {list(dims)}")
+        with torch.no_grad():  # valid bounds contain the pre-activations at x itself (a necessary check)
+            xt = self._x(x)
+            for i, (lower, upper) in enumerate(bounds, start=1):
+                value = self.network.forward(xt, upto=i)[0].numpy()
+                if np.any(value < lower - 1e-9) or np.any(value > upper + 1e-9):
+                    raise ValueError(f"bounds of hidden layer {i} do not contain its pre-activations at x, so they "
+                                     "cannot hold over the ball")
+        return bounds
+
+    def margin_lower_bounds(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None,
+                            targets=None, time_limit: float | None = None, return_argmin: bool = False):
+        """Lower bounds m_t (numpy (num_classes,), +inf at `label`) on min over the ε-ball of
+        F(x̃)_label − F(x̃)_t. See the module docstring for the methods; `bounds` is the kind of
+        intermediate bounds (INTERMEDIATE; default DEFAULT_BOUNDS[method]) or a precomputed list of
+        (l, u) pairs. targets: only these classes (the others are NaN). With return_argmin (lp and
+        milp) also {t: x̃_t}, the minimisers' inputs with x's shape. Raises SolverError when a solver
+        returns no optimal solution."""
+        norm, eps = _check_norm(norm), _check_eps(eps)
+        method = _check_method(method, norm)
+        label = self._label(label)
+        xt = self._x(x)
+        bounds = self._resolve_bounds(x, eps, norm, method, bounds, time_limit)
+        targets = [t for t in range(self.num_classes) if t != label] if targets is None else \
+            [self._label(t) for t in targets if int(t) != label]
+        result = np.full(self.num_classes, np.nan)
+        result[label] = np.inf
+        argmins = {}
+        spec = self._spec(label)
+        if method in ("ibp", "dual"):
+            torch_bounds = [(torch.as_tensor(lo)[None], torch.as_tensor(up)[None]) for lo, up in bounds]
+            with torch.no_grad():
+                margins = (interval_margins if method == "ibp" else dual_margins)(self.network, xt, eps, norm, spec,
+                                                                                  torch_bounds)
+            result[targets] = margins[0].numpy()[targets]
+        else:
+            for t in targets:
+                problem = self.problem(norm, method)  # cached, or a fresh one per solve with cache=False
+                result[t], argmin = problem.solve(xt[0].numpy(), eps, bounds, spec[t].numpy(), time_limit)
+                argmins[t] = argmin.reshape(self.input_shape)
+        return (result, argmins) if return_argmin else result
+
+    # ------------------------------------------------------------------ answers
+    def misclassified(self, points: torch.Tensor, label: int) -> torch.Tensor:
+        """Whether the real network (as given, in its own dtype) classifies each point other than label."""
+        parameter = next(self.net.parameters())
+        with torch.no_grad():
+            return (self.net(points.to(parameter.device, parameter.dtype)).argmax(1) != label).cpu()
+
+    def attack(self, x, label, eps, norm: str, steps: int = 40, restarts: int = 1, generator=None) -> bool:
+        """Whether PGD (rsbook.attacks.pgd, `restarts` random starts of `steps` steps, drawn from
+        `generator`) finds a point of the ε-ball that the network classifies other than label (x itself
+        counts). steps = 0: only x is checked."""
+        label, norm, eps = self._label(label), _check_norm(norm), _check_eps(eps)
+        restarts = check_positive_int(restarts, "restarts")
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        parameter = next(self.net.parameters())
+        x = torch.as_tensor(x).to(parameter.device, parameter.dtype)
+        if eps == 0 or steps == 0:
+            return bool(self.misclassified(x[None], label)[0])
+        batch = x[None].expand(restarts, *x.shape).contiguous()
+        labels = torch.full((restarts,), label, dtype=torch.long)
+        adversarial = pgd(self.net, batch, labels, eps, norm=norm, steps=steps, random_start=True,
+                          generator=generator)
+        return bool(self.misclassified(adversarial, label).any()) or bool(self.misclassified(x[None], label)[0])
+
+    def decide(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None,
+               time_limit: float | None = None, tolerance: float = TOLERANCE):
+        """The relaxation's part of an answer, without an attack: (answer, margin, argmin) with answer
+        'YES' (every target's bound > tolerance), 'NO' (x, or the argmin x̃ of a target whose bound is
+        not > tolerance, is misclassified) or 'MAYBE'; margin is the smallest margin bound found;
+        argmin is that x̃ or None.
+
+        Cheaper bounds screen the targets: with the intermediate bounds B the method uses, the interval
+        and dual bounds with the same B are ≤ the LP's (rsbook.relax.dual, weak duality) and the LP's
+        is ≤ the MILP's, so a target they already prove positive needs no LP (and no MILP); the
+        remaining targets are solved lowest cheap bound first, and the first that is not > tolerance
+        decides (MAYBE or NO) without solving the others."""
+        norm, eps = _check_norm(norm), _check_eps(eps)
+        method = _check_method(method, norm)
+        label = self._label(label)
+        xt = self._x(x)
+        if bool(self.misclassified(xt.reshape(1, *self.input_shape), label)[0]):
+            return "NO", -np.inf, None
+        resolved = self._resolve_bounds(x, eps, norm, method, bounds, time_limit)
+        if method in ("ibp", "dual"):
+            margin = float(np.min(self.margin_lower_bounds(x, label, eps, norm, method, resolved)))
+            return ("YES" if margin > tolerance else "MAYBE"), margin, None
+        cheap = np.maximum(self.margin_lower_bounds(x, label, eps, norm, "ibp", resolved),
+                           self.margin_lower_bounds(x, label, eps, norm, "dual", resolved))
+        screens = ["lp", "milp"] if method == "milp" else ["lp"]
+        best = cheap.copy()
+        for level in screens:
+            open_targets = sorted((t for t in range(self.num_classes) if not best[t] > tolerance),
+                                  key=lambda t: best[t])
+            for t in open_targets:
+                value, argmins = self.margin_lower_bounds(x, label, eps, norm, level, resolved, targets=[t],
+                                                          time_limit=time_limit, return_argmin=True)
+                best[t] = max(best[t], value[t])
+                if not best[t] > tolerance:
+                    if bool(self.misclassified(torch.as_tensor(argmins[t])[None], label)[0]):
+                        return "NO", float(best[t]), argmins[t]  # x̃ is a real counterexample
+                    if level == method:
+                        return "MAYBE", float(best[t]), argmins[t]
+        return "YES", float(np.min(best)), None
+
+    def certify(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None, attack_steps: int = 40,
+                attack_restarts: int = 1, generator=None, time_limit: float | None = None,
+                tolerance: float = TOLERANCE) -> str:
+        """'YES' | 'MAYBE' | 'NO' for the ε-ball around x (module docstring): `decide`, then, when it
+        is MAYBE, PGD with attack_steps (0: no attack) and attack_restarts from `generator`.
+        Raises SolverError (never an answer) when a solver fails or reaches time_limit."""
+        answer, _, _ = self.decide(x, label, eps, norm, method, bounds, time_limit, tolerance)
+        if answer == "MAYBE" and attack_steps and self.attack(x, label, eps, norm, attack_steps, attack_restarts,
+                                                               generator):
+            return "NO"
+        return answer
+
+
+_CERTIFIERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def certifier(net, input_shape) -> Certifier:
+    """The cached Certifier of `net` for inputs of `input_shape`, rebuilt when the weights changed
+    (compared by network_fingerprint), so the compiled problems are reused across calls."""
+    shape = tuple(int(s) for s in input_shape)
+    per_net = _CERTIFIERS.setdefault(net, {})
+    found = per_net.get(shape)
+    if found is None or network_fingerprint(net) != found.fingerprint:
+        found = per_net[shape] = Certifier(net, shape)
+    return found
+
+
+def margin_lower_bounds(net, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None,
+                        time_limit: float | None = None) -> np.ndarray:
+    """For each target t ≠ label, a lower bound on min over the ε-ball of f_label(x̃) − f_t(x̃) (numpy
+    (num_classes,), +inf at label). method: 'ibp' | 'dual' | 'lp' | 'milp' (ℓ∞ only); norm: 'linf' |
+    'l2'; bounds: the intermediate bounds (Certifier.margin_lower_bounds). The LP / MILP is compiled
+    once per (network, norm, method) and re-solved for later inputs, radii and targets."""
+    return certifier(net, torch.as_tensor(x).shape).margin_lower_bounds(x, label, eps, norm, method, bounds,
+                                                                       time_limit=time_limit)
+
+
+def certify(net, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None, attack_steps: int = 40,
+            generator=None, time_limit: float | None = None) -> str:
+    """'YES' | 'MAYBE' | 'NO' (Certifier.certify) with the network's cached Certifier."""
+    return certifier(net, torch.as_tensor(x).shape).certify(x, label, eps, norm, method, bounds,
+                                                            attack_steps=attack_steps, generator=generator,
+                                                            time_limit=time_limit)

@@ -1,0 +1,345 @@
+"""Certificates over a test subsample, resumable, and the chapter's summaries and timings.
+
+`certify_examples` answers YES / MAYBE / NO (rsbook.relax.certify) for every selected example, every
+radius of a grid and every method, plus the PGD attack alone (method 'pgd': NO when it finds an
+adversarial example, else MAYBE), so that for each radius
+
+    certified accuracy (share of YES)  ≤  robust accuracy  ≤  1 − share of NO (PGD and argmin)
+
+Work is skipped only where the answer is implied, never guessed:
+  * a point of the ball classified other than the label (x itself, a PGD example, an LP / MILP argmin)
+    answers NO for every method at this radius and at every larger radius of the grid (the point
+    lies in the larger balls too);
+  * an LP (or MILP) whose intermediate bounds lie inside the interval bounds answers YES when 'ibp'
+    did, and one whose bounds lie inside the dual bounds ('ibp+dual', 'lp') when 'dual' did
+    (ibp ≤ lp and dual ≤ lp, rsbook.relax.certify); the MILP is exact, so any YES implies its YES.
+Such rows have solved = False and no margin; per-certificate timings come from `time_methods`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from rsbook.analysis import certified_accuracy
+from rsbook.dataset_runs import certify_dataset, example_generator, selected_indices
+from rsbook.experiments import run_folder
+from rsbook.logs import ResultsTable, begin_run, finish_manifest, read_certify_log
+from rsbook.relax.certify import DEFAULT_BOUNDS, METHODS, Certifier
+from rsbook.relax.interval import NORMS
+from rsbook.relax.lp import SolverError
+from rsbook.smooth import Smooth
+
+__all__ = ["RESULT_COLUMNS", "certify_examples", "run_certification", "answer_shares", "certified_accuracy_table",
+           "share_table", "long_curves", "time_methods", "time_compiled_lp", "smoothing_radii",
+           "smoothing_curve", "smoothing_curves", "smoothing_table", "relaxation_curve", "relaxation_curves",
+           "compare_bounds", "flatten_index"]
+
+RESULT_COLUMNS = ("idx", "label", "norm", "eps", "method", "answer", "margin", "seconds", "solved", "status")
+_INSIDE = {"ibp": {"ibp"}, "dual": {"dual"}, "ibp+dual": {"ibp", "dual", "ibp+dual"},
+           "lp": {"ibp", "dual", "ibp+dual", "lp"}}
+"""_INSIDE[a]: the kinds of intermediate bounds that the bounds of kind a always lie inside."""
+
+
+def _implied_yes(method: str, kinds: dict, yes: dict) -> bool:
+    """Whether the YES answers so far imply `method`'s: the MILP is exact, so any sound YES implies
+    its YES; an LP with bounds inside those of an 'ibp' or 'dual' method that said YES is at least as
+    tight (the LP is monotone in its bounds and lies above both bounds with the same bounds)."""
+    if method == "milp":
+        return any(yes.values())
+    if method == "lp":
+        inside = _INSIDE.get(kinds["lp"], set())
+        return any(yes.get(m, False) and kinds.get(m) in inside for m in ("ibp", "dual"))
+    return False
+
+
+def certify_examples(net, dataset, eps_grid, norm: str, methods=METHODS, *, out, bounds=None, skip: int = 1,
+                     max_index: int = -1, limits=None, attack_steps: int = 40, attack_restarts: int = 1, seed: int = 0,
+                     time_limit: float | None = None, progress: bool = False) -> pd.DataFrame:
+    """Answers for the examples dataset[i] selected by (skip, max_index) (rsbook.dataset_runs), radii
+    eps_grid (sorted ascending), ball `norm`, and `methods` (run in this order; 'ibp' and 'dual' use
+    their own default intermediate bounds, and `bounds` maps a method to another kind).
+
+    limits: {method: {"examples": k, "eps": [...]}} restricts a method (e.g. the MILP) to the first k
+    selected examples and to some radii. PGD (`attack_restarts` random starts of `attack_steps` steps,
+    seeded per example from (seed, idx)) runs first. A solver failure or time limit (SolverError)
+    is recorded as answer 'ERROR' with the solver status, never as a certificate.
+
+    Resumable: rows are appended per example to out/results.tsv (out is a folder; a manifest records
+    the parameters). Returns a frame with RESULT_COLUMNS."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    eps_grid = sorted(float(e) for e in eps_grid)
+    if not eps_grid or eps_grid[0] < 0:
+        raise ValueError(f"eps_grid must hold at least one radius >= 0, got {eps_grid!r}")
+    out = Path(out)
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods must be among {METHODS}, got {unknown}")
+    kinds = {m: (bounds or {}).get(m, DEFAULT_BOUNDS[m]) for m in methods}
+    limits = limits or {}
+    parameters = {"eps": eps_grid, "norm": norm, "methods": list(methods), "bounds": kinds, "skip": skip,
+                  "max_index": max_index, "limits": limits, "attack_steps": attack_steps,
+                  "attack_restarts": attack_restarts, "time_limit": time_limit}
+    begin_run(out, parameters, seed=seed)
+    table = ResultsTable(out / "results.tsv", RESULT_COLUMNS)
+    indices = selected_indices(len(dataset), skip, max_index)
+    example_shape = tuple(dataset[indices[0]][0].shape)
+    certifier = Certifier(net, example_shape)
+    position = {idx: k for k, idx in enumerate(indices)}
+    for idx in tqdm([i for i in indices if i not in table.done], desc=f"certify {norm}", disable=not progress):
+        x, label = dataset[idx]
+        label = int(label)
+        generator = example_generator(seed, idx)
+        rows = []
+        broken = bool(certifier.misclassified(torch.as_tensor(x)[None], label)[0])
+        for eps in eps_grid:
+            attacked = not broken
+            if attacked:
+                broken = certifier.attack(x, label, eps, norm, attack_steps, attack_restarts, generator)
+            rows.append(dict(eps=eps, method="pgd", answer="NO" if broken else "MAYBE", margin=np.nan, seconds=0.0,
+                             solved=attacked, status=""))
+            yes = {}
+            for method in methods:
+                limit = limits.get(method, {})
+                if position[idx] >= limit.get("examples", len(indices)) or \
+                        ("eps" in limit and not any(np.isclose(eps, limit["eps"]))):
+                    continue
+                row = dict(eps=eps, method=method, margin=np.nan, seconds=0.0, solved=False, status="")
+                if broken:
+                    row["answer"] = "NO"
+                elif _implied_yes(method, kinds, yes):
+                    row["answer"] = "YES"
+                else:
+                    started = time.perf_counter()
+                    try:
+                        answer, margin, argmin_broken = _answer(certifier, x, label, eps, norm, method, kinds[method],
+                                                                time_limit)
+                        row.update(answer=answer, margin=margin, solved=True)
+                        broken = broken or argmin_broken  # the argmin also lies in every larger ball
+                    except SolverError as err:
+                        row.update(answer="ERROR", status=err.status, solved=True)
+                    row["seconds"] = time.perf_counter() - started
+                yes[method] = row["answer"] == "YES"
+                rows.append(row)
+        table.append([{"idx": idx, "label": label, "norm": norm, **row} for row in rows])
+    finish_manifest(out)
+    return table.read()
+
+
+def _answer(certifier: Certifier, x, label: int, eps: float, norm: str, method: str, kind: str, time_limit):
+    """(answer, smallest margin bound found, whether an argmin was misclassified), without an attack."""
+    answer, margin, argmin = certifier.decide(x, label, eps, norm, method, kind, time_limit)
+    return answer, margin, answer == "NO" and argmin is not None
+
+
+def answer_shares(results: pd.DataFrame) -> pd.DataFrame:
+    """Share of each answer (YES, MAYBE, NO, ERROR) per (method, eps), over the examples each covers."""
+    counts = results.groupby(["method", "eps"])["answer"].value_counts(normalize=True).unstack(fill_value=0.0)
+    for answer in ("YES", "MAYBE", "NO", "ERROR"):
+        if answer not in counts:
+            counts[answer] = 0.0
+    return counts[["YES", "MAYBE", "NO", "ERROR"]]
+
+
+def certified_accuracy_table(results: pd.DataFrame, methods=METHODS, examples=None) -> pd.DataFrame:
+    """Rows: each method's certified accuracy (share of YES) and 'PGD (upper bound)' = 1 − share of
+    NO from the attack and the argmins; columns: ε. examples: restrict to these idx (e.g. the
+    MILP's subset, so that every row covers the same examples)."""
+    frame = results if examples is None else results[results["idx"].isin(examples)]
+    rows = {}
+    for method in methods:
+        part = frame[frame["method"] == method]
+        if len(part):
+            rows[method] = part.groupby("eps")["answer"].apply(lambda a: float((a == "YES").mean()))
+    refuted = frame.groupby(["eps", "idx"])["answer"].apply(lambda a: bool((a == "NO").any()))
+    rows["PGD (upper bound)"] = 1.0 - refuted.groupby("eps").mean()
+    table = pd.DataFrame(rows).T
+    table.index.name, table.columns.name = "method", "ε"
+    return table
+
+
+def _targets(label: int, classes: int, count):
+    others = [t for t in range(classes) if t != label]
+    return others if count is None else others[:count]
+
+
+def time_methods(net, dataset, indices, eps: float, norm: str, methods=METHODS, bounds=None,
+                 time_limit: float | None = None, targets: int | None = None) -> pd.DataFrame:
+    """Seconds per certificate — the intermediate bounds and the bound of every target (or of the
+    first `targets` targets, scaled up to all of them), no screening — for each method on the
+    examples `indices` at radius eps: columns bounds, median, mean, n, status (the solver status when
+    a solve failed or hit time_limit; its time is then missing, never counted as a certificate)."""
+    example_shape = tuple(dataset[indices[0]][0].shape)
+    certifier = Certifier(net, example_shape)
+    rows = []
+    for method in methods:
+        if method == "milp" and norm != "linf":
+            continue
+        kind = (bounds or {}).get(method, DEFAULT_BOUNDS[method])
+        times, status = [], ""
+        for idx in indices:
+            x, label = dataset[idx]
+            chosen = _targets(int(label), certifier.num_classes, targets)
+            started = time.perf_counter()
+            try:
+                certifier.margin_lower_bounds(x, int(label), eps, norm, method, kind, targets=chosen,
+                                              time_limit=time_limit)
+            except SolverError as err:
+                status = err.status
+                continue
+            times.append((time.perf_counter() - started) * (certifier.num_classes - 1) / len(chosen))
+        rows.append({"method": method, "bounds": kind, "median": float(np.median(times)) if times else np.nan,
+                     "mean": float(np.mean(times)) if times else np.nan, "n": len(times), "status": status})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def time_compiled_lp(net, dataset, indices, eps: float, norm: str = "linf", bounds: str = "ibp",
+                     targets: int | None = None) -> pd.DataFrame:
+    """Seconds per LP certificate (every target, or the first `targets` scaled up to all) when the
+    parametrized LP is compiled once and re-solved ('compiled once') and when a new problem is built
+    and compiled for every solve ('rebuilt per call'), on the same examples; the first, compiling
+    call of the cached problem is counted too. Columns: seconds per certificate, problems built."""
+    example_shape = tuple(dataset[indices[0]][0].shape)
+    rows = {}
+    for name, cache in (("compiled once", True), ("rebuilt per call", False)):
+        certifier = Certifier(net, example_shape, cache=cache)
+        elapsed, solves = 0.0, 0
+        for idx in indices:
+            x, label = dataset[idx]
+            chosen = _targets(int(label), certifier.num_classes, targets)
+            started = time.perf_counter()
+            certifier.margin_lower_bounds(x, int(label), eps, norm, "lp", bounds, targets=chosen)
+            elapsed += (time.perf_counter() - started) * (certifier.num_classes - 1) / len(chosen)
+            solves += len(chosen)
+        rows[name] = {"seconds per certificate": elapsed / len(indices),
+                      "problems built": len(certifier._problems) if cache else solves}
+    return pd.DataFrame(rows).T
+
+
+def smoothing_radii(root, name: str, net, num_classes: int, dataset, sigma: float, *, n0: int, n: int,
+                    alpha: float, batch_size: int, skip: int = 1, max_index: int = -1, seed: int = 0, device=None,
+                    progress: bool = False) -> pd.DataFrame:
+    """Cohen et al.'s CERTIFY (rsbook.smooth.Smooth at noise sigma) of the examples selected by (skip,
+    max_index), into a resumable certify log in root/smoothing/<name>_sigma<sigma>-<digest>; returns
+    the log (idx, label, predict, radius, correct, time)."""
+    from rsbook.relax.network import network_fingerprint
+
+    parameters = {"network": network_fingerprint(net), "sigma": float(sigma), "n0": n0, "n": n, "alpha": alpha,
+                  "skip": skip, "max_index": max_index, "seed": seed}
+    folder = run_folder(root, "smoothing", f"{name}_sigma{float(sigma):g}", parameters)
+    device = torch.device("cpu" if device is None else device)
+    smooth = Smooth(net.to(device).eval(), num_classes, sigma, device=device)
+    path = certify_dataset(smooth, dataset, folder / "certify.tsv", n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                           skip=skip, max_index=max_index, seed=seed, parameters={"network": parameters["network"]},
+                           progress=progress)
+    return read_certify_log(path)
+
+
+def smoothing_curve(log: pd.DataFrame, radii) -> pd.Series:
+    """Certified accuracy of the smoothed classifier at each radius (rsbook.analysis.certified_accuracy)."""
+    return certified_accuracy(log, radii)
+
+
+def relaxation_curve(results: pd.DataFrame, method: str) -> pd.Series:
+    """Certified accuracy (share of YES) of `method` at each ε of a results frame (index: ε)."""
+    part = results[results["method"] == method]
+    return part.groupby("eps")["answer"].apply(lambda a: float((a == "YES").mean())).rename("certified_accuracy")
+
+
+def run_certification(root, name: str, net, dataset, eps_grid, norm: str, methods=METHODS, **kwargs) -> pd.DataFrame:
+    """certify_examples into the run folder root/relax/<name>_<norm>-<digest> (rsbook.experiments.run_folder),
+    the digest covering the network's weights and every setting, so a changed model or parameter
+    starts a new run and an unchanged one resumes."""
+    from rsbook.relax.network import network_fingerprint
+
+    parameters = {"network": network_fingerprint(net), "eps": sorted(float(e) for e in eps_grid), "norm": norm,
+                  "methods": list(methods), **{k: v for k, v in kwargs.items() if k != "progress"}}
+    folder = run_folder(root, "relax", f"{name}_{norm}", parameters)
+    return certify_examples(net, dataset, eps_grid, norm, methods, out=folder, **kwargs)
+
+
+def long_curves(results: dict, methods=METHODS) -> pd.DataFrame:
+    """{model name: results frame} → long frame (eps, certified_accuracy, method, model) of each
+    method's certified accuracy and the attacks' upper bound ('PGD (upper bound)')."""
+    frames = []
+    for model, frame in results.items():
+        table = certified_accuracy_table(frame, methods)
+        long = table.stack().rename("certified_accuracy").reset_index()
+        long.columns = ["method", "eps", "certified_accuracy"]
+        frames.append(long.assign(model=model))
+    return pd.concat(frames, ignore_index=True)
+
+
+def share_table(results: pd.DataFrame, answer: str = "MAYBE", methods=METHODS) -> pd.DataFrame:
+    """Share of `answer` per method (rows) and ε (columns)."""
+    shares = answer_shares(results[results["method"].isin(methods)])[answer].unstack("eps")
+    shares = shares.reindex([m for m in methods if m in shares.index])
+    shares.index.name, shares.columns.name = "method", "ε"
+    return shares
+
+
+def smoothing_table(results: pd.DataFrame, logs: dict, methods=("ibp", "dual", "lp")) -> pd.DataFrame:
+    """ℓ₂ certified accuracy at the radii of a results frame: one row per relaxation method, one per
+    smoothed classifier ({name: certify log}); columns the radii."""
+    rows = {method: relaxation_curve(results, method) for method in methods
+            if (results["method"] == method).any()}
+    radii = sorted(results["eps"].unique())
+    for name, log in logs.items():
+        rows[name] = pd.Series(smoothing_curve(log, radii).to_numpy(), index=radii)
+    table = pd.DataFrame(rows).T
+    table.index.name, table.columns.name = "method", "ℓ₂ radius"
+    return table
+
+
+def smoothing_curves(logs: dict, radii) -> pd.DataFrame:
+    """Long frame (radius, certified_accuracy, model) of each smoothed classifier's certified accuracy."""
+    frames = [pd.DataFrame({"radius": np.asarray(radii, dtype=float),
+                            "certified_accuracy": smoothing_curve(log, radii).to_numpy(), "model": name})
+              for name, log in logs.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def relaxation_curves(results: pd.DataFrame, methods=("ibp", "dual", "lp")) -> pd.DataFrame:
+    """Long frame (eps, certified_accuracy, method) of each method's certified accuracy."""
+    frames = [relaxation_curve(results, m).reset_index().assign(method=m) for m in methods
+              if (results["method"] == m).any()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def compare_bounds(net, dataset, indices, eps_grid, norm: str, first: str = "ibp", second: str = "dual") -> pd.DataFrame:
+    """Per ε, over every (example, target ≠ label) pair of the examples `indices`: the share where the
+    margin bound of `first` is higher than that of `second`, the share where it is lower, and the
+    median difference first − second (each method with its own default intermediate bounds)."""
+    example_shape = tuple(dataset[indices[0]][0].shape)
+    certifier = Certifier(net, example_shape)
+    rows = {}
+    for eps in eps_grid:
+        differences = []
+        for idx in indices:
+            x, label = dataset[idx]
+            a = certifier.margin_lower_bounds(x, int(label), eps, norm, first)
+            b = certifier.margin_lower_bounds(x, int(label), eps, norm, second)
+            keep = np.arange(len(a)) != int(label)
+            differences.append(a[keep] - b[keep])
+        differences = np.concatenate(differences)
+        rows[float(eps)] = {f"{first} higher": float(np.mean(differences > 1e-9)),
+                            f"{second} higher": float(np.mean(differences < -1e-9)),
+                            f"median {first} − {second}": float(np.median(differences))}
+    table = pd.DataFrame(rows).T
+    table.index.name = "ε"
+    return table
+
+
+def flatten_index(frame: pd.DataFrame, sep: str = " / ") -> pd.DataFrame:
+    """The frame with a MultiIndex of rows joined into one label per row ('standard / lp'), e.g. to
+    record several models' tables as one (rsbook.report.ChapterRun.record)."""
+    labels = [sep.join(f"{level:g}" if isinstance(level, float) else str(level) for level in key)
+              if isinstance(key, tuple) else str(key) for key in frame.index]
+    return frame.set_axis(pd.Index(labels, name=sep.join(str(n) for n in frame.index.names)))

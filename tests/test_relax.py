@@ -1,0 +1,535 @@
+"""rsbook.relax: certificates by convex relaxation (LP slides, document 003; Wong & Kolter 2018).
+
+Invariants (issue 4, section 2) on random small networks over several seeds: ibp ≤ lp ≤ milp on
+every target; dual ≤ lp with the same intermediate bounds; milp = the true minimum (dense grid over
+the ℓ∞ box of 2-input networks); the LP's argmin lies in the ball; a YES is never contradicted by
+PGD; no unstable ReLU ⇒ lp = milp. Plus: the network conversion, the validity of the intermediate
+bounds, DPP and reuse of the compiled problems, solver failures as errors, the dual bound's
+differentiability, training's resume, the pictures' containment, and the resumable evaluation.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rsbook.relax import SolverError, certify, margin_lower_bounds
+from rsbook.relax.certify import Certifier, certifier
+from rsbook.relax.dual import dual_margins, intermediate_bounds
+from rsbook.relax.geometry import ball_grid, halfplane_polygon, output_polytope, widest_unstable
+from rsbook.relax.interval import interval_bounds
+from rsbook.relax.lp import RelaxedProblem
+from rsbook.relax.network import affine_network
+from rsbook.relax.toy import two_moons
+from rsbook.relax.training import epsilon_schedule, load_model, mlp, robust_loss, train_model
+
+SEEDS = range(5)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_net(seed: int, widths=(2, 8, 8, 3), scale: float = 1.0) -> nn.Sequential:
+    """Linear/ReLU chain with N(0, scale²/fan_in) weights and N(0, 0.1²) biases, float64."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        linear = nn.Linear(n_in, n_out).double()
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(n_out, n_in, generator=generator, dtype=torch.float64)
+                                * scale / math.sqrt(n_in))
+            linear.bias.copy_(torch.randn(n_out, generator=generator, dtype=torch.float64) * 0.1)
+        layers += [linear, nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).eval()
+
+
+def point(seed: int, n: int = 2) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
+
+
+def prediction(net, x) -> int:
+    with torch.no_grad():
+        return int(net(x[None]).argmax())
+
+
+def ball_samples(x, eps, norm, count=2000, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.rand(count, x.numel(), generator=generator, dtype=torch.float64) * 2 - 1
+    if norm == "l2":
+        directions = directions / directions.norm(dim=1, keepdim=True) * torch.rand(count, 1, generator=generator,
+                                                                                        dtype=torch.float64)
+    return x.reshape(1, -1) + eps * directions
+
+
+# ------------------------------------------------------------------ the network as an affine–ReLU chain
+
+def test_conversion_matches_the_network_including_conv_merging_and_edge_relus():
+    # rsbook.relax.network: Conv2d as its dense matrix, Flatten, merged consecutive affine maps.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 2), nn.Flatten(),
+                        nn.Linear(16, 7), nn.ReLU(), nn.Linear(7, 5), nn.Linear(5, 3)).double()
+    network = affine_network(net, (2, 6, 6))
+    assert network.dims == (72, 27, 7, 3) and network.hidden == 2  # conv2∘Linear and the last two Linear merged
+    x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+    assert torch.allclose(network.forward(x.reshape(4, -1)), net(x), atol=1e-12)
+    relu_first = nn.Sequential(nn.ReLU(), nn.Linear(3, 2), nn.ReLU()).double()
+    chain = affine_network(relu_first, (3,))
+    assert chain.depth == 3 and chain.dims == (3, 3, 2, 2)
+    z = torch.randn(5, 3, dtype=torch.float64)
+    assert torch.allclose(chain.forward(z), relu_first(z))
+
+
+def test_conversion_merges_affine_layers_without_relu_between():
+    net = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)).double()
+    network = affine_network(net, (4,))
+    assert network.dims == (4, 5, 2)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.allclose(network.forward(x), net(x))
+
+
+@pytest.mark.parametrize("net, shape, match", [
+    (nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2)), (2,), "Tanh"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2)), (1, 8, 8), "MaxPool2d"),
+    (nn.Sequential(nn.Linear(64, 3)), (1, 8, 8), "Flatten"),
+    (nn.Linear(2, 3), (2,), "Sequential"),
+    (nn.Sequential(nn.ReLU()), (2,), "no Linear"),
+])
+def test_unsupported_networks_are_rejected_with_a_clear_error(net, shape, match):
+    with pytest.raises(ValueError, match=match):
+        affine_network(net, shape)
+
+
+# ------------------------------------------------------------------ intermediate bounds are valid
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("kind", ["ibp", "dual", "ibp+dual"])
+def test_intermediate_bounds_contain_every_pre_activation_of_the_ball(norm, kind):
+    # LP slides: [l, u] must bound the ReLU inputs over the whole ball, or the relaxation is invalid.
+    for seed in SEEDS:
+        net = random_net(seed, (3, 10, 10, 10, 3))
+        network = affine_network(net, (3,))
+        x = point(seed, 3)[None]
+        bounds = intermediate_bounds(network, x, 0.4, norm, kind)
+        samples = ball_samples(x[0], 0.4, norm, seed=seed)
+        for i, (lower, upper) in enumerate(bounds, start=1):
+            values = network.forward(samples, upto=i)
+            assert torch.all(values >= lower - 1e-12) and torch.all(values <= upper + 1e-12)
+
+
+def test_combined_bounds_lie_inside_both_and_first_layer_is_exact():
+    network = affine_network(random_net(3, (2, 6, 6, 6, 2)), (2,))
+    x = point(3)[None]
+    ibp, dual, both = (intermediate_bounds(network, x, 0.3, "linf", k) for k in ("ibp", "dual", "ibp+dual"))
+    for (li, ui), (ld, ud), (lb, ub) in zip(ibp, dual, both):
+        assert torch.all(lb >= torch.maximum(li, ld) - 1e-15) and torch.all(ub <= torch.minimum(ui, ud) + 1e-15)
+    # first layer: W x + b ± eps ||W_j||_1 is attained at a corner of the box
+    corner = x + 0.3 * torch.sign(network.weights[0][0])[None]
+    assert torch.isclose(network.forward(corner, upto=1)[0, 0], ibp[0][1][0, 0])
+
+
+# ------------------------------------------------------------------ the ordering of the bounds
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ibp_below_lp_below_milp_on_every_target(seed):
+    # Issue 4, sec. 2: ibp ≤ lp ≤ milp; the LP uses bounds inside the interval ones.
+    net = random_net(seed)
+    x = point(seed)
+    label = prediction(net, x)
+    cert = Certifier(net, (2,))
+    for eps in (0.05, 0.3):
+        ibp = cert.margin_lower_bounds(x, label, eps, "linf", "ibp")
+        milp = cert.margin_lower_bounds(x, label, eps, "linf", "milp")
+        for kind in ("ibp", "ibp+dual", "lp"):
+            lp = cert.margin_lower_bounds(x, label, eps, "linf", "lp", kind)
+            others = np.arange(3) != label
+            assert np.all(ibp[others] <= lp[others] + 1e-7), (kind, ibp, lp)
+            assert np.all(lp[others] <= milp[others] + 1e-7), (kind, lp, milp)
+            assert lp[label] == np.inf
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dual_below_lp_with_the_same_intermediate_bounds(norm, seed):
+    # Weak duality: Wong & Kolter's closed form is the dual objective at a feasible point of the LP's dual.
+    net = random_net(seed, (3, 8, 8, 4))
+    x = point(seed, 3)
+    label = prediction(net, x)
+    cert = Certifier(net, (3,))
+    for kind in ("ibp", "dual"):
+        bounds = cert.bounds(x, 0.25, norm, kind)
+        dual = cert.margin_lower_bounds(x, label, 0.25, norm, "dual", bounds)
+        lp = cert.margin_lower_bounds(x, label, 0.25, norm, "lp", bounds)
+        others = np.arange(4) != label
+        assert np.all(dual[others] <= lp[others] + 1e-6)
+
+
+def test_dual_and_ibp_are_not_ordered_each_wins_somewhere():
+    # Issue 4, sec. 2: "dual and ibp are not ordered in general". Seeded search for both cases.
+    ibp_wins = dual_wins = 0
+    for seed in range(40):
+        net = random_net(seed, (2, 8, 8, 3))
+        x = point(seed)
+        label = prediction(net, x)
+        cert = Certifier(net, (2,))
+        for eps in (0.2, 0.5):
+            dual = np.delete(cert.margin_lower_bounds(x, label, eps, "linf", "dual"), label)
+            difference = dual - np.delete(cert.margin_lower_bounds(x, label, eps, "linf", "ibp"), label)
+            ibp_wins += int((difference < -1e-9).sum())
+            dual_wins += int((difference > 1e-9).sum())
+    assert ibp_wins > 0 and dual_wins > ibp_wins
+
+
+# ------------------------------------------------------------------ exactness of the MILP
+
+def _lipschitz_linf(network, spec) -> float:
+    """A Lipschitz constant of x ↦ spec · f(x) for the ℓ∞ norm: ‖ |spec W_L| |W_{L-1}| … |W_1| ‖₁."""
+    row = (spec @ network.weights[-1]).abs()
+    for weight in reversed(network.weights[:-1]):
+        row = row @ weight.abs()
+    return float(row.sum())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_milp_equals_the_true_minimum_on_a_dense_grid(seed):
+    # "milp equals the true minimum, checked against a dense grid over the ℓ∞ box for 2-input networks".
+    net = random_net(seed, (2, 10, 10, 3), scale=2.0)
+    x, eps = point(seed), 0.4
+    label = prediction(net, x)
+    cert = Certifier(net, (2,))
+    milp, argmins = cert.margin_lower_bounds(x, label, eps, "linf", "milp", return_argmin=True)
+    points = 401
+    grid = torch.as_tensor(ball_grid(x.numpy(), eps, "linf", points))
+    logits = cert.network.forward(grid)
+    spacing = 2 * eps / (points - 1)
+    for target in range(3):
+        if target == label:
+            continue
+        spec = torch.zeros(3, dtype=torch.float64)
+        spec[label], spec[target] = 1.0, -1.0
+        grid_min = float((logits @ spec).min())
+        lipschitz = _lipschitz_linf(cert.network, spec)
+        assert milp[target] <= grid_min + 1e-7  # a lower bound on every point of the grid
+        assert grid_min - milp[target] <= lipschitz * spacing / 2 + 1e-7  # and no lower than the grid allows
+        achieved = float(cert.network.forward(torch.as_tensor(argmins[target])[None])[0] @ spec)
+        assert abs(achieved - milp[target]) <= 1e-5  # attained by its argmin (up to HiGHS's 1e-7 feasibility)
+
+
+def test_linear_network_all_methods_are_exact():
+    net = nn.Sequential(nn.Linear(3, 4)).double()
+    x = point(0, 3)
+    label = prediction(net, x)
+    values = [margin_lower_bounds(net, x, label, 0.2, "linf", m) for m in ("ibp", "dual", "lp", "milp")]
+    for other in values[1:]:
+        np.testing.assert_allclose(other, values[0], atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_no_unstable_relu_gives_lp_equal_milp(seed):
+    # "a network with no unstable ReLU gives lp = milp" (and the slides' question 3: m* = m̲* then).
+    net = random_net(seed, (2, 6, 6, 3))
+    x = point(seed)
+    label = prediction(net, x)
+    cert = Certifier(net, (2,))
+    eps = 1e-3
+    bounds = cert.bounds(x, eps, "linf", "ibp")
+    assert not any(np.any((lower < 0) & (upper > 0)) for lower, upper in bounds)
+    lp = cert.margin_lower_bounds(x, label, eps, "linf", "lp", bounds)
+    milp = cert.margin_lower_bounds(x, label, eps, "linf", "milp", bounds)
+    np.testing.assert_allclose(lp, milp, atol=1e-7)
+
+
+def test_relaxing_the_milp_binaries_gives_the_triangle_lp():
+    # LP slides: "This relaxation is equivalent to relaxing the integer constraint a_i ∈ {0, 1} to [0, 1]".
+    for seed in SEEDS:
+        net = random_net(seed, (2, 8, 8, 3))
+        x = point(seed)
+        cert = Certifier(net, (2,))
+        bounds = cert.bounds(x, 0.3, "linf", "ibp")
+        direction = np.array([1.0, -1.0, 0.0])
+        relaxed, _ = RelaxedProblem(cert.network, "linf", big_m=True).solve(x.numpy(), 0.3, bounds, direction)
+        triangle, _ = RelaxedProblem(cert.network, "linf").solve(x.numpy(), 0.3, bounds, direction)
+        exact, _ = RelaxedProblem(cert.network, "linf", integer=True).solve(x.numpy(), 0.3, bounds, direction)
+        assert relaxed == pytest.approx(triangle, abs=1e-7)
+        assert triangle <= exact + 1e-7
+
+
+# ------------------------------------------------------------------ the LP's argmin and the answers
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_lp_argmin_lies_in_the_ball_and_attains_at_least_its_value(norm):
+    for seed in SEEDS:
+        net = random_net(seed, (4, 8, 8, 3))
+        x, eps = point(seed, 4), 0.3
+        label = prediction(net, x)
+        cert = Certifier(net, (4,))
+        values, argmins = cert.margin_lower_bounds(x, label, eps, norm, "lp", return_argmin=True)
+        for target, argmin in argmins.items():
+            distance = np.abs(argmin - x.numpy()).max() if norm == "linf" else np.linalg.norm(argmin - x.numpy())
+            assert distance <= eps + 1e-6
+            spec = torch.zeros(3, dtype=torch.float64)
+            spec[label], spec[target] = 1.0, -1.0
+            true_margin = float(cert.network.forward(torch.as_tensor(argmin)[None])[0] @ spec)
+            assert true_margin >= values[target] - 1e-6  # the real network at x̃ is above the relaxation's minimum
+
+
+def test_yes_is_never_contradicted_by_pgd_and_no_is_always_a_real_counterexample():
+    # Slides: YES ⇔ no adversarial example in the ball is possible; NO needs a misclassified point.
+    counts = {"YES": 0, "MAYBE": 0, "NO": 0}
+    for seed in range(12):
+        net = random_net(seed, (2, 12, 12, 3)).float()
+        x = point(seed).float()
+        label = prediction(net, x)
+        cert = Certifier(net, (2,))
+        for eps in (0.02, 0.1, 0.3):
+            for method in ("ibp", "dual", "lp", "milp"):
+                answer = cert.certify(x, label, eps, "linf", method, attack_steps=20,
+                                      generator=torch.Generator().manual_seed(seed))
+                counts[answer] += 1
+                if answer == "YES":
+                    samples = ball_samples(x.double(), eps, "linf", 3000, seed).float()
+                    assert not bool(cert.misclassified(samples, label).any())
+                    attacked = cert.attack(x, label, eps, "linf", steps=60, restarts=8,
+                                           generator=torch.Generator().manual_seed(99))
+                    assert not attacked
+            if cert.certify(x, label, eps, "linf", "milp", attack_steps=0) == "NO":  # exact: a true counterexample
+                milp, argmins = cert.margin_lower_bounds(x, label, eps, "linf", "milp", return_argmin=True)
+                worst = int(np.nanargmin(milp))
+                assert bool(cert.misclassified(torch.as_tensor(argmins[worst])[None], label)[0])
+    assert counts["YES"] and counts["NO"]  # the trials exercise both answers
+
+
+def test_certify_is_relative_to_the_label_and_misclassified_inputs_are_no():
+    net = random_net(1)
+    x = point(1)
+    label = prediction(net, x)
+    assert certify(net, x, (label + 1) % 3, 0.01, "linf", "lp") == "NO"
+    assert certify(net, x, label, 0.0, "linf", "lp") == "YES"
+
+
+# ------------------------------------------------------------------ compiled once (DPP), re-solved
+
+@pytest.mark.parametrize("norm, integer", [("linf", False), ("l2", False), ("linf", True)])
+def test_problems_are_dpp_and_the_compiled_problem_is_reused(norm, integer):
+    net = random_net(2, (3, 6, 6, 3))
+    cert = Certifier(net, (3,))
+    method = "milp" if integer else "lp"
+    problem = cert.problem(norm, method)
+    assert problem.is_dpp()
+    x = point(2, 3)
+    label = prediction(net, x)
+    cert.margin_lower_bounds(x, label, 0.1, norm, method)
+    compiled = problem.problem._cache.param_prog
+    assert compiled is not None
+    # new input, radius and bounds: the same compiled program, and the same values as a fresh problem
+    for seed, eps in ((3, 0.2), (4, 0.05)):
+        other = point(seed, 3)
+        reused = cert.margin_lower_bounds(other, label, eps, norm, method)
+        assert cert.problem(norm, method) is problem and problem.problem._cache.param_prog is compiled
+        fresh = Certifier(net, (3,), cache=False).margin_lower_bounds(other, label, eps, norm, method)
+        np.testing.assert_allclose(reused, fresh, atol=1e-6)
+    assert problem.solves == 3 * 2
+
+
+def test_module_level_cache_follows_weight_changes():
+    net = random_net(5)
+    x = point(5)
+    first = certifier(net, (2,))
+    assert certifier(net, (2,)) is first
+    before = margin_lower_bounds(net, x, 0, 0.1, "linf", "lp")
+    with torch.no_grad():
+        net[0].weight.mul_(2.0)
+    assert certifier(net, (2,)) is not first
+    after = margin_lower_bounds(net, x, 0, 0.1, "linf", "lp")
+    assert not np.allclose(before, after)
+
+
+# ------------------------------------------------------------------ solver failures are errors
+
+def test_infeasible_relaxation_raises_with_the_status_never_a_certificate():
+    net = random_net(0)
+    cert = Certifier(net, (2,))
+    x = point(0)
+    label = prediction(net, x)
+    bounds = cert.bounds(x, 0.1, "linf", "ibp")
+    wrong = [(lower + 100.0, upper + 100.0) for lower, upper in bounds]  # excludes every real pre-activation
+    direction = np.eye(3)[label] - np.eye(3)[(label + 1) % 3]
+    for integer in (False, True):
+        with pytest.raises(SolverError) as caught:
+            RelaxedProblem(cert.network, "linf", integer=integer).solve(x.numpy(), 0.1, wrong, direction)
+        assert "infeasible" in caught.value.status
+    for method in ("ibp", "dual", "lp", "milp"):  # bounds that exclude x itself are refused up front
+        with pytest.raises(ValueError, match="bounds"):
+            cert.certify(x, label, 0.1, "linf", method, wrong, attack_steps=0)
+
+
+def test_time_limit_raises_with_the_solver_status():
+    net = random_net(1, (2, 30, 30, 3), scale=3.0)
+    cert = Certifier(net, (2,))
+    x = point(1)
+    with pytest.raises(SolverError) as caught:
+        cert.margin_lower_bounds(x, prediction(net, x), 1.0, "linf", "milp", time_limit=1e-9)
+    assert caught.value.status == "user_limit"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"eps": -0.1}, "eps"), ({"norm": "l1"}, "norm"), ({"method": "crown"}, "method"),
+    ({"method": "milp", "norm": "l2"}, "ℓ∞"), ({"label": 3}, "label"), ({"bounds": "tight"}, "bounds"),
+])
+def test_bad_arguments_raise_value_errors_naming_them(kwargs, match):
+    net = random_net(0)
+    arguments = {"x": point(0), "label": 0, "eps": 0.1, "norm": "linf", "method": "lp", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        margin_lower_bounds(net, **arguments)
+    with pytest.raises(ValueError, match="shape"):
+        margin_lower_bounds(net, torch.zeros(3), 0, 0.1)
+
+
+# ------------------------------------------------------------------ robust training through the dual
+
+def test_robust_loss_is_differentiable_and_matches_the_per_example_dual_bound():
+    torch.manual_seed(0)
+    net = mlp((2,), 2, hidden=(8, 8)).double()
+    data = two_moons(32, seed=0)
+    x, y = data.x.double(), data.labels
+    value, not_certified = robust_loss(net, x, y, 0.05, "linf")
+    value.backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    cert = Certifier(net, (2,))
+    per_example = [np.min(cert.margin_lower_bounds(x[i], int(y[i]), 0.05, "linf", "dual")) > 0 for i in range(32)]
+    assert not_certified == pytest.approx(1 - np.mean(per_example))
+    hinge, _ = robust_loss(net, x, y, 0.05, "linf", loss="hinge")  # the slides' margin loss
+    with torch.no_grad():
+        network = affine_network(net, (2,))
+        spec = torch.nn.functional.one_hot(y, 2).double().unsqueeze(1) - torch.eye(2, dtype=torch.float64)
+        margins = dual_margins(network, x, 0.05, "linf", spec, intermediate_bounds(network, x, 0.05, "linf", "dual"))
+        expected = torch.relu(-margins).amax(1).mean()
+    assert float(hinge.detach()) == pytest.approx(float(expected))
+
+
+def test_epsilon_ramp():
+    assert epsilon_schedule(0, 10, 0.5) == pytest.approx(0.05)
+    assert epsilon_schedule(4, 10, 0.5) == pytest.approx(0.25)
+    assert epsilon_schedule(9, 10, 0.5) == epsilon_schedule(50, 10, 0.5) == 0.5
+    assert epsilon_schedule(0, 0, 0.5) == 0.5
+
+
+def test_dual_training_certifies_more_and_resumes_to_the_same_weights(tmp_path):
+    data = two_moons(200, seed=1)
+    kwargs = dict(arch="mlp", input_shape=(2,), num_classes=2, hidden=(16, 16), batch_size=50, lr=0.01, seed=0)
+    robust = train_model(tmp_path / "dual", data, mode="dual", epochs=30, eps=0.25, ramp_epochs=10, **kwargs)
+    standard = train_model(tmp_path / "standard", data, mode="standard", epochs=30, **kwargs)
+    test = two_moons(200, seed=2)
+    fractions = {}
+    for name, path in (("dual", robust), ("standard", standard)):
+        with torch.no_grad():
+            fractions[name] = 1 - robust_loss(load_model(path), test.x, test.labels, 0.25)[1]
+    assert fractions["dual"] > fractions["standard"] + 0.1
+    train_model(tmp_path / "resumed", data, mode="dual", epochs=13, eps=0.25, ramp_epochs=10, **kwargs)
+    resumed = train_model(tmp_path / "resumed", data, mode="dual", epochs=30, eps=0.25, ramp_epochs=10, **kwargs)
+    for a, b in zip(load_model(resumed).state_dict().values(), load_model(robust).state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_two_moons_is_seeded_and_balanced():
+    a, b = two_moons(101, seed=3), two_moons(101, seed=3)
+    assert torch.equal(a.x, b.x) and torch.equal(a.labels, b.labels)
+    assert int(a.labels.sum()) in (50, 51) and a.x.shape == (101, 2)
+    assert not torch.equal(two_moons(101, seed=4).x, a.x)
+
+
+# ------------------------------------------------------------------ the pictures
+
+def test_halfplane_polygon_of_a_square():
+    directions = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    polygon = halfplane_polygon(directions, np.array([-1.0, -2.0, -3.0, -4.0]))
+    np.testing.assert_allclose(polygon[:4], [[-1, -2], [3, -2], [3, 4], [-1, 4]])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_output_polytope_contains_the_image_of_the_ball(norm):
+    # Wong & Kolter 2018, Fig. 1: the convex outer bound contains the (non-convex) image of the ball.
+    net = random_net(4, (2, 12, 12, 2), scale=2.0)
+    polytope = output_polytope(net, point(4), 0.3, norm, directions=36, points=41)
+    image = polytope["image"]
+    for name in ("lp", "dual"):
+        polygon = polytope[name][:-1]
+        centre = polygon.mean(0)
+        for k in range(len(polygon)):  # every image point on the inner side of every edge
+            edge = polygon[(k + 1) % len(polygon)] - polygon[k]
+            normal = np.array([-edge[1], edge[0]])
+            sign = np.sign(normal @ (centre - polygon[k]))
+            assert np.all(sign * ((image - polygon[k]) @ normal) >= -1e-7)
+    (x0, x1), (y0, y1) = polytope["box"]
+    assert np.all((image[:, 0] >= x0 - 1e-9) & (image[:, 0] <= x1 + 1e-9) & (image[:, 1] >= y0 - 1e-9)
+                  & (image[:, 1] <= y1 + 1e-9))
+    layer, neuron, lower, upper = widest_unstable(polytope["bounds"])
+    assert lower < 0 < upper
+    # the leftmost point of each polygon is that method's lower bound on the worst-case margin
+    cert = Certifier(net, (2,))
+    label = polytope["label"]
+    margins = {m: cert.margin_lower_bounds(point(4), label, 0.3, norm, m, polytope["bounds"])[1 - label]
+               for m in ("lp", "dual")}
+    assert polytope["lp"][:, 0].min() == pytest.approx(margins["lp"], abs=1e-6)
+    assert polytope["dual"][:, 0].min() == pytest.approx(margins["dual"], abs=1e-9)
+    assert image[:, 0].min() >= margins["lp"] - 1e-9
+
+
+# ------------------------------------------------------------------ evaluation over a test subsample
+
+def test_certify_examples_is_resumable_and_its_shortcuts_agree_with_direct_answers(tmp_path):
+    from rsbook.relax.evaluate import certified_accuracy_table, certify_examples
+
+    torch.manual_seed(0)
+    net = train_model_quick(two_moons(200, seed=1))
+    data = two_moons(24, seed=5)
+    grid = [0.02, 0.1, 0.25]
+    kwargs = dict(methods=("ibp", "dual", "lp", "milp"), bounds={"lp": "ibp+dual"}, attack_steps=20, seed=0)
+    results = certify_examples(net, data, grid, "linf", out=tmp_path / "run", **kwargs)
+    again = certify_examples(net, data, grid, "linf", out=tmp_path / "run", **kwargs)
+    assert again.equals(results)  # nothing recomputed, same rows
+    cert = Certifier(net, (2,))
+    for row in results[results["method"].isin(["lp", "milp"]) & (results["answer"] == "YES")].itertuples():
+        x, label = data[row.idx]
+        method_bounds = "ibp+dual" if row.method == "lp" else "ibp"
+        assert cert.certify(x, label, row.eps, "linf", row.method, method_bounds, attack_steps=0) == "YES"
+    for row in results[(results["method"] == "milp") & (results["answer"] != "YES")].itertuples():
+        x, label = data[row.idx]
+        assert cert.certify(x, label, row.eps, "linf", "milp", attack_steps=0) != "YES"  # no YES was missed
+    solved = results[(results["method"] == "milp") & results["solved"]]
+    assert len(solved) > 0  # the exact method decided something the shortcuts could not
+    table = certified_accuracy_table(results, ("ibp", "dual", "lp", "milp"))
+    assert np.all(table.loc["ibp"] <= table.loc["lp"] + 1e-12) and np.all(table.loc["dual"] <= table.loc["lp"] + 1e-12)
+    assert np.all(table.loc["lp"] <= table.loc["milp"] + 1e-12)
+    assert np.all(table.loc["milp"] <= table.loc["PGD (upper bound)"] + 1e-12)
+
+
+def train_model_quick(data):
+    """A small two-moons network, trained in a fraction of a second."""
+    net = mlp((2,), 2, hidden=(12, 12))
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.02)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(net(data.x), data.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
+def test_flatten_index_joins_row_levels():
+    import pandas as pd
+
+    from rsbook.relax.evaluate import flatten_index
+
+    frame = pd.DataFrame({"a": [1.0, 2.0]}, index=pd.MultiIndex.from_tuples([("standard", 0.5), ("dual", 1.0)],
+                                                                          names=["model", "ε"]))
+    flat = flatten_index(frame)
+    assert list(flat.index) == ["standard / 0.5", "dual / 1"] and flat.index.name == "model / ε"
+    assert flat["a"].tolist() == [1.0, 2.0]
