@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from rsbook._checks import check_positive_int, check_sigma
-from rsbook._io import atomic_write
+from rsbook._io import append_epoch_row, atomic_write, read_torch_dict, trim_epoch_rows
 from rsbook.analysis import certified_accuracy
 from rsbook.attacks import pgd
 from rsbook.data import input_shape, load_dataset, num_classes
@@ -69,19 +69,6 @@ def _check_seed(seed) -> int:
     return seed
 
 
-def _read_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} is not a readable torch file ({err})") from err
-    if not isinstance(payload, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
-    return payload
-
-
 def _build(payload: dict) -> FaRS:
     config = dict(payload["backbone"])
     shape = config.pop("input_shape")
@@ -92,7 +79,7 @@ def _build(payload: dict) -> FaRS:
 def load_fars(path, device=None) -> tuple[FaRS, dict]:
     """(model in eval mode on `device`, payload) from a checkpoint written by train_fars:
     {kind: 'fars', dataset, backbone (config incl. input_shape), hidden, num_classes, state_dict, epoch, ...}."""
-    payload = _read_checkpoint(path)
+    payload = read_torch_dict(path)
     if payload.get("kind") != "fars":
         raise ValueError(f"checkpoint {path} is not a FaRS checkpoint (written by rsbook.fars_experiments.train_fars)")
     model = _build(payload)
@@ -103,7 +90,7 @@ def load_fars(path, device=None) -> tuple[FaRS, dict]:
 def _backbone_from(path, backbone_config):
     """(backbone config, backbone state_dict) from a FaRS checkpoint, or from a bare SLLBackbone
     state_dict when `backbone_config` (with input_shape) describes it."""
-    payload = _read_checkpoint(path)
+    payload = read_torch_dict(path)
     if payload.get("kind") == "fars":
         state = {k[len("backbone."):]: v for k, v in payload["state_dict"].items() if k.startswith("backbone.")}
         return dict(payload["backbone"]), state
@@ -111,24 +98,6 @@ def _backbone_from(path, backbone_config):
         raise ValueError(f"checkpoint {path} is not a FaRS checkpoint; to load a bare backbone state_dict, give its "
                          "backbone configuration (with input_shape)")
     return dict(backbone_config), payload
-
-
-def _append_log(path: Path, row):
-    new = not path.exists()
-    with open(path, "a", encoding="utf-8") as handle:
-        if new:
-            handle.write("\t".join(_LOG_COLUMNS) + "\n")
-        handle.write("\t".join(repr(float(v)) if isinstance(v, float) else str(v) for v in row) + "\n")
-
-
-def _trim_log(path: Path, epochs_done: int):
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = lines[:1] + [line for line in lines[1:] if line.split("\t")[0].isdigit()
-                        and int(line.split("\t")[0]) <= epochs_done]
-    with atomic_write(path) as out:
-        out.write("\n".join(kept) + "\n")
 
 
 def _clean_accuracy(model: FaRS, data, batch_size: int, device, workers: int) -> float:
@@ -212,11 +181,11 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
     with run_manifest(out, parameters, seed=seed, device=device):
         start = 0
         if checkpoint_path.exists():
-            payload = _read_checkpoint(checkpoint_path)
+            payload = read_torch_dict(checkpoint_path)
             model.load_state_dict(payload["state_dict"])
             optimizer.load_state_dict(payload["optimizer"])
             start = int(payload["epoch"])
-        _trim_log(log_path, start)
+        trim_epoch_rows(log_path, start)
         for epoch in range(start, epochs):
             started = time.perf_counter()
             current = _cosine_lr(lr, epoch, epochs)
@@ -254,8 +223,8 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
                        "optimizer": optimizer.state_dict()}
             with atomic_write(checkpoint_path, "wb") as handle:
                 torch.save(payload, handle)
-            _append_log(log_path, (epoch + 1, current, loss_sum / seen, correct / seen, accuracy,
-                                   time.perf_counter() - started))
+            append_epoch_row(log_path, _LOG_COLUMNS, (epoch + 1, current, loss_sum / seen, correct / seen, accuracy,
+                                                      time.perf_counter() - started))
     return checkpoint_path
 
 
@@ -621,7 +590,7 @@ def certification_times(model: FaRS, xs: torch.Tensor, *, sigma_head: float, sig
     methods["Cohen et al., CERTIFY on the whole network"] = cohen
     for method in methods.values():  # warm-up on one example
         method(xs[:1])
-    seconds = {name: timed(lambda: method(xs), device) / len(xs) for name, method in methods.items()}
+    seconds = {name: timed(lambda m=method: m(xs), device) / len(xs) for name, method in methods.items()}
     frame = pd.DataFrame({"seconds_per_example": seconds})
     frame["speedup"] = frame.loc["Cohen et al., CERTIFY on the whole network", "seconds_per_example"] / \
         frame["seconds_per_example"]

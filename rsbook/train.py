@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from rsbook._checks import check_positive_int, check_sigma
-from rsbook._io import atomic_write
+from rsbook._io import append_epoch_row, trim_epoch_rows
 from rsbook.data import load_dataset, num_classes
 from rsbook.logs import run_manifest
 from rsbook.models import build, load_checkpoint, save_checkpoint
@@ -95,7 +95,7 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int, out, *, seed: i
             if payload.get("optimizer") is not None:
                 optimizer.load_state_dict(payload["optimizer"])
             start_epoch = int(payload["epoch"])
-        _trim_log(log_path, start_epoch)
+        trim_epoch_rows(log_path, start_epoch)
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             current_lr = _learning_rate(lr, epoch, lr_step, gamma)
@@ -127,30 +127,11 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int, out, *, seed: i
                 eval_gen = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch, 3))
                 test_accuracy = _noisy_accuracy(model, test_loader, noise_sd, device, eval_gen)
             save_checkpoint(checkpoint_path, model, arch, dataset, noise_sd, epoch + 1, optimizer)
-            _append_log(log_path, (epoch + 1, current_lr, loss_sum / seen, correct / seen, test_accuracy,
-                                   time.perf_counter() - started))
+            append_epoch_row(log_path, _LOG_COLUMNS, (epoch + 1, current_lr, loss_sum / seen, correct / seen,
+                                                      test_accuracy, time.perf_counter() - started))
             if progress:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: lr {current_lr:g}, loss {loss_sum / seen:.4f}, "
                            f"noisy train acc {correct / seen:.4f}, noisy test acc {test_accuracy:.4f}")
     return checkpoint_path
 
 
-def _append_log(path: Path, row):
-    new = not path.exists()
-    with open(path, "a", encoding="utf-8") as handle:
-        if new:
-            handle.write("\t".join(_LOG_COLUMNS) + "\n")
-        handle.write("\t".join(repr(float(v)) if isinstance(v, float) else str(v) for v in row) + "\n")
-        handle.flush()
-
-
-def _trim_log(path: Path, epochs_done: int):
-    """Keep the header and the rows of the epochs the checkpoint holds (a crash between saving the
-    log row and the checkpoint, or the reverse, must not leave rows for epochs that will rerun)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = lines[:1] + [line for line in lines[1:] if line.split("\t")[0].isdigit()
-                        and int(line.split("\t")[0]) <= epochs_done]
-    with atomic_write(path) as out:
-        out.write("\n".join(kept) + "\n")

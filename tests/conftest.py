@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +16,26 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "mirror"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is several times faster than two on a loaded box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def glued_values(notebook_path: Path) -> dict:
+    """name -> text/plain of every value an executed notebook glued (myst_nb.glue)."""
+    values = {}
+    for cell in nbformat.read(notebook_path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            record = output.get("metadata", {}).get("scrapbook")
+            if record:
+                values[record["name"]] = output["data"].get(record.get("mime_prefix", "") + "text/plain")
+    return values
 
 
 def mirror_path() -> Path:

@@ -12,26 +12,15 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import book  # noqa: E402  (tools/book.py, the build script)
+from conftest import glued_values  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _glued(notebook_path: Path) -> dict:
-    """name -> text/plain of every value a notebook glued (myst_nb.glue)."""
-    values = {}
-    for cell in nbformat.read(notebook_path, as_version=4).cells:
-        for output in cell.get("outputs", []):
-            record = output.get("metadata", {}).get("scrapbook")
-            if record:
-                values[record["name"]] = output["data"].get(record.get("mime_prefix", "") + "text/plain")
-    return values
 
 
 def test_every_chapter_has_one_parameters_cell_and_no_definitions():
@@ -51,14 +40,14 @@ def test_every_chapter_has_one_parameters_cell_and_no_definitions():
 
 def test_chapter_executes_at_smoke_and_a_parameter_changes_the_result(runs):
     first = book.execute("chapters/cohen_logs", "smoke", runs)
-    glued = _glued(first)
+    glued = glued_values(first)
     comparisons = pd.read_csv(first.parent / "comparisons.csv")
     assert {"Table 1", "Table 2", "Table 3", "Table 4"} <= set(comparisons.loc[comparisons["document"] == "cohen",
                                                                                "table"])
     manifest = json.loads((first.parent / "manifest.json").read_text())
     assert manifest["parameters"]["max_rows"] == 200 and manifest["end_time"]
     second = book.execute("chapters/cohen_logs", "smoke", runs, overrides={"sigma": 0.5}, force=True)
-    changed = _glued(second)
+    changed = glued_values(second)
     assert changed["sigma"] != glued["sigma"]
     assert changed["fig8_cohen"] != glued["fig8_cohen"]  # Figure 8 (left) recomputed on the sigma = 0.5 log
     assert json.loads((second.parent / "manifest.json").read_text())["parameters"]["sigma"] == 0.5

@@ -18,13 +18,7 @@ from rsbook.lipschitz import (AOLConv2d, AOLLinear, ChannelPad, LipschitzAvgPool
 TOL = 1e-9  # float64 rounding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is several times faster than two on a loaded box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(module, scale=3.0, seed=0):
@@ -80,7 +74,7 @@ def test_sll_conv_t_dominates_the_operator_gram(padding, size):
     h, w = size
     for seed in range(10):
         layer = _perturb(SLLConv2d(3, 4, 3, padding_mode=padding).double(), seed=seed)
-        a = _operator(lambda v: conv2d(v, layer.kernel.detach(), padding), (3, h, w))
+        a = _operator(lambda v, k=layer.kernel.detach(): conv2d(v, k, padding), (3, h, w))
         t = torch.diag((1.0 / layer.t_inverse().detach()).repeat_interleave(h * w))
         assert torch.linalg.eigvalsh(t - a @ a.T).min() >= -TOL * t.max()
 

@@ -19,7 +19,6 @@ from rsbook.relax import SolverError, certify, margin_lower_bounds
 from rsbook.relax.certify import Certifier, certifier
 from rsbook.relax.dual import dual_margins, intermediate_bounds
 from rsbook.relax.geometry import ball_grid, halfplane_polygon, output_polytope, widest_unstable
-from rsbook.relax.interval import interval_bounds
 from rsbook.relax.lp import RelaxedProblem
 from rsbook.relax.network import affine_network
 from rsbook.relax.toy import two_moons
@@ -28,12 +27,7 @@ from rsbook.relax.training import epsilon_schedule, load_model, mlp, robust_loss
 SEEDS = range(5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_net(seed: int, widths=(2, 8, 8, 3), scale: float = 1.0) -> nn.Sequential:

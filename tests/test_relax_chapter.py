@@ -7,7 +7,6 @@ import re
 import sys
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 
@@ -15,16 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "chapters" / "relax.md"
 sys.path.insert(0, str(ROOT / "tools"))
 import book  # noqa: E402  (tools/book.py, the build script)
-
-
-def _glued(notebook_path: Path) -> dict:
-    values = {}
-    for cell in nbformat.read(notebook_path, as_version=4).cells:
-        for output in cell.get("outputs", []):
-            record = output.get("metadata", {}).get("scrapbook")
-            if record:
-                values[record["name"]] = output["data"].get(record.get("mime_prefix", "") + "text/plain")
-    return values
+from conftest import glued_values  # noqa: E402
 
 
 def test_chapter_source_follows_the_rules():
@@ -51,7 +41,7 @@ def test_chapter_source_follows_the_rules():
 @pytest.mark.slow
 def test_chapter_executes_at_smoke_and_records_computed_results(runs):
     notebook = book.execute("chapters/relax", "smoke", runs, force=True)
-    glued = _glued(notebook)
+    glued = glued_values(notebook)
     for name in ("fig_polytope", "fig_triangle", "fig_linf", "fig_l2", "fig_smoothing", "t_speedup", "toy_margin_milp"):
         assert name in glued
     assert float(glued["toy_margin_lp"]) <= float(glued["toy_margin_milp"]) + 1e-6
@@ -86,5 +76,5 @@ def test_full_profile_code_path_on_a_miniature_cifar(runs, cifar):
     notebook = book.execute("chapters/relax", "full", runs, overrides=shrink, force=True)
     manifest = json.loads((notebook.parent / "manifest.json").read_text())
     assert manifest["parameters"]["dataset"] == "cifar10" and manifest["profile"] == "full"
-    glued = _glued(notebook)
+    glued = glued_values(notebook)
     assert glued["n_examples"] == "5" and glued["input_dim"] == "3072"

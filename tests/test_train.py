@@ -46,18 +46,18 @@ def test_a_crash_after_the_checkpoint_resumes_cleanly(tmp_path, monkeypatch):
     kwargs = dict(seed=1, batch_size=256, progress=False)
     straight = train("digits", "digits_cnn", 0.25, 2, tmp_path / "straight", **kwargs)
     calls = {"n": 0}
-    real_append = train_module._append_log
+    real_append = train_module.append_epoch_row
 
-    def crash_on_second_epoch(path, row):
+    def crash_on_second_epoch(path, columns, row):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # epoch 2's checkpoint is on disk, its log row is not
-        real_append(path, row)
+        real_append(path, columns, row)
 
-    monkeypatch.setattr(train_module, "_append_log", crash_on_second_epoch)
+    monkeypatch.setattr(train_module, "append_epoch_row", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train("digits", "digits_cnn", 0.25, 3, tmp_path / "crashed", **kwargs)
-    monkeypatch.setattr(train_module, "_append_log", real_append)
+    monkeypatch.setattr(train_module, "append_epoch_row", real_append)
     train("digits", "digits_cnn", 0.25, 2, tmp_path / "crashed", **kwargs)  # nothing left to do for 2 epochs
     assert [row.split("\t")[0] for row in _log_rows(tmp_path / "crashed")] == ["1"]
     a, b = _weights(straight), _weights(tmp_path / "crashed" / "checkpoint.pt")

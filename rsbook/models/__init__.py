@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsbook._io import atomic_write
+from rsbook._io import atomic_write, read_torch_dict
 from rsbook.models.cifar_resnet import CifarResNet, cifar_resnet20, cifar_resnet110
 from rsbook.models.normalize import NormalizeLayer, normalization, normalized
 
@@ -149,14 +149,7 @@ def load_checkpoint(
     the ones given, and a checkpoint without a dataset (Cohen et al.'s) takes the one given.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} is not a readable torch file ({err})") from err
-    if not isinstance(payload, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
+    payload = read_torch_dict(path)
     if "state_dict" in payload:
         stored = payload.get("arch")
         if arch is not None and stored is not None and arch != stored:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from rsbook._checks import check_positive_int
-from rsbook._io import atomic_write
+from rsbook._io import append_epoch_row, atomic_write, read_torch_dict, trim_epoch_rows
 from rsbook.logs import begin_run, finish_manifest
 from rsbook.relax.dual import dual_margins, intermediate_bounds
 from rsbook.relax.interval import NORMS, interval_bounds, interval_margins
@@ -132,9 +132,7 @@ def load_model(path, device=None) -> nn.Sequential:
     """The network saved by train_model at `path` (its checkpoint.pt or the run folder), in eval mode."""
     path = Path(path)
     path = path / CHECKPOINT if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_torch_dict(path)
     spec = payload["spec"]
     model = build_model(spec["arch"], spec["input_shape"], spec["num_classes"], spec.get("hidden"))
     model.load_state_dict(payload["state_dict"])
@@ -153,24 +151,6 @@ def clean_accuracy(net, dataset, indices=None, batch_size: int = 500) -> float:
             labels = torch.as_tensor([int(c[1]) for c in chunk], device=device)
             correct += int((net(x).argmax(1) == labels).sum())
     return correct / max(len(indices), 1)
-
-
-def _append_log(path: Path, row):
-    new = not path.exists()
-    with open(path, "a", encoding="utf-8") as handle:
-        if new:
-            handle.write("\t".join(_LOG_COLUMNS) + "\n")
-        handle.write("\t".join(repr(float(v)) if isinstance(v, float) else str(v) for v in row) + "\n")
-
-
-def _trim_log(path: Path, epochs_done: int):
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = lines[:1] + [line for line in lines[1:] if line.split("\t")[0].isdigit()
-                        and int(line.split("\t")[0]) <= epochs_done]
-    with atomic_write(path) as out:
-        out.write("\n".join(kept) + "\n")
 
 
 def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: str = "standard", *, epochs: int,
@@ -213,7 +193,7 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])
         start = int(payload["epoch"])
-    _trim_log(log, start)
+    trim_epoch_rows(log, start)
     steps_per_epoch = math.ceil(len(dataset) / batch_size)
     ramp_steps = int(ramp_epochs) * steps_per_epoch
     for epoch in range(start, epochs):
@@ -247,8 +227,9 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
             totals["seen"] += count
         seen = totals["seen"]
         _save(checkpoint, spec, model, optimizer, epoch + 1)
-        _append_log(log, (epoch + 1, float(eps_now), totals["loss"] / seen, totals["error"] / seen,
-                          totals["robust"] / seen, time.perf_counter() - started))
+        append_epoch_row(log, _LOG_COLUMNS, (epoch + 1, float(eps_now), totals["loss"] / seen,
+                                             totals["error"] / seen, totals["robust"] / seen,
+                                             time.perf_counter() - started))
     finish_manifest(out)
     model.eval()
     return checkpoint
