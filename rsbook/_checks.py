@@ -54,3 +54,17 @@ def check_probability(p, name: str) -> np.ndarray:
     if np.any(~np.isfinite(arr)) or np.any((arr < 0) | (arr > 1)):
         raise ValueError(f"{name} must lie in [0, 1], got {p!r}")
     return arr
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed must be an integer >= 0 (a Python or numpy integer; not a bool)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def check_num_classes(num_classes, name: str = "num_classes") -> int:
+    """A classifier's number of classes must be an integer >= 2."""
+    if check_positive_int(num_classes, name) < 2:
+        raise ValueError(f"{name} must be >= 2, got {num_classes!r}")
+    return int(num_classes)

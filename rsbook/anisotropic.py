@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from scipy.stats import norm
 
-from rsbook._checks import check_alpha, check_positive_int, check_sigma
+from rsbook._checks import check_alpha, check_num_classes, check_positive_int, check_sigma
 from rsbook.curvature import Rotation, safe_directions
 from rsbook.ellipsoids import distance_to_ellipsoid, ellipsoids_intersect
 from rsbook.memory import Region, memory_certify, region_conflicts
@@ -369,8 +369,7 @@ def certify(model, x, sigma, rotation: Rotation | None = None, *, num_classes: i
     sampling, g(x + delta) = c_A for all ||diag(sigma)^-1 U^T delta|| <= gap = Phi^-1(p_A), hence for
     ||delta||_2 <= radius = min(sigma) gap. proxy_radius = gap * geometric mean of sigma.
     """
-    if check_positive_int(num_classes, "num_classes") < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+    check_num_classes(num_classes)
     check_positive_int(n0, "n0")
     check_positive_int(n, "n")
     check_positive_int(batch_size, "batch_size")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rsbook._checks import check_alpha, check_positive_int, check_sigma
+from rsbook._checks import check_alpha, check_positive_int, check_seed, check_sigma
 from rsbook.dataset_runs import example_generator
 from rsbook.smooth import ABSTAIN, Smooth
 
@@ -321,8 +321,7 @@ def attack_certify_log(smooth: Smooth, model, dataset, log: pd.DataFrame, multip
     check_positive_int(num_noise, "num_noise")
     clip = _check_clip(clip)
     objective = _check_objective(objective)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed(seed)
     if max_examples is not None:
         max_examples = check_positive_int(max_examples, "max_examples")
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from rsbook._checks import check_alpha, check_positive_int
+from rsbook._checks import check_alpha, check_positive_int, check_seed
 from rsbook.logs import LogWriter, begin_run, finish_manifest, read_log, write_log
 from rsbook.smooth import Smooth
 
@@ -83,8 +83,7 @@ def _broadcast_error(error: BaseException | None, world: int) -> BaseException |
 def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, skip: int, max_index: int,
          indices, progress: bool, clock, step):
     out = Path(out)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed(seed)
     chosen = selected_indices(len(dataset), skip, max_index) if indices is None else list(indices)
     identity = {**parameters, "kind": kind, "sigma": smooth.sigma, "skip": skip, "log": out.name}
     rank, world = _rank_world()

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch import nn
 
-from rsbook._checks import check_alpha, check_positive_int, check_sigma
+from rsbook._checks import check_alpha, check_num_classes, check_positive_int, check_sigma
 from rsbook.smooth import ABSTAIN
 
 __all__ = ["sparsemax", "margin_radius", "linear_certify", "per_class_radius", "nearest_boundary_point",
@@ -265,8 +265,7 @@ class SparsemaxSmooth:
     def __init__(self, head, num_classes: int, sigma: float, r: float = 1.0, device=None):
         if not callable(head):
             raise ValueError(f"head must be callable, got {type(head).__name__}")
-        if check_positive_int(num_classes, "num_classes") < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        check_num_classes(num_classes)
         self.head, self.num_classes = head, int(num_classes)
         self.sigma = check_sigma(sigma)
         self.r = _check_positive_real(r, "r")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from rsbook._checks import check_positive_int, check_sigma
+from rsbook._checks import check_positive_int, check_seed, check_sigma
 from rsbook._io import append_epoch_row, atomic_write, read_torch_dict, trim_epoch_rows
 from rsbook.analysis import certified_accuracy
 from rsbook.attacks import pgd
@@ -61,12 +61,6 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 def _cosine_lr(lr: float, epoch: int, epochs: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return seed
 
 
 def _build(payload: dict) -> FaRS:
@@ -137,7 +131,7 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
     """
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if margin_mode not in ("pairwise", "constant"):

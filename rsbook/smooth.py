@@ -13,7 +13,7 @@ import warnings
 import torch
 from scipy.stats import norm
 
-from rsbook._checks import check_alpha, check_positive_int, check_sigma
+from rsbook._checks import check_alpha, check_num_classes, check_positive_int, check_sigma
 from rsbook.stats import binomial_pvalue, clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "Smooth", "autocast_agreement", "largest_batch_size"]
@@ -45,8 +45,7 @@ class Smooth:
                  channels_last: bool = False):
         if not callable(base_classifier):
             raise ValueError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
-        if check_positive_int(num_classes, "num_classes") < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        check_num_classes(num_classes)
         if precision not in _AUTOCAST:
             raise ValueError(f"precision must be one of {sorted(_AUTOCAST)}, got {precision!r}")
         self.base_classifier = base_classifier

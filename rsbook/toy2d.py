@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rsbook._checks import check_positive_int
+from rsbook._checks import check_num_classes, check_positive_int
 from rsbook.models import RancerMLP
 
 __all__ = ["TOY_KINDS", "make_toy", "train_test_split", "ToyMLP", "toy_classifier", "train_toy_classifier",
@@ -123,8 +123,7 @@ class ToyMLP(nn.Module):
 
 def toy_classifier(num_classes: int) -> nn.Module:
     """The thesis's architecture for `num_classes` (Figure 5.5): RancerMLP for 2, ToyMLP otherwise."""
-    if check_positive_int(num_classes, "num_classes") < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+    check_num_classes(num_classes)
     return RancerMLP(2) if num_classes == 2 else ToyMLP(num_classes)
 
 

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rsbook._checks import check_positive_int, check_sigma
+from rsbook._checks import check_positive_int, check_seed, check_sigma
 from rsbook._io import append_epoch_row, trim_epoch_rows
 from rsbook.data import load_dataset, num_classes
 from rsbook.logs import run_manifest
@@ -73,8 +73,7 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int, out, *, seed: i
     lr_step = check_positive_int(lr_step, "lr_step")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed(seed)
     device = torch.device("cpu" if device is None else device)
     out = Path(out)
     classes = num_classes(dataset)
