@@ -7,15 +7,17 @@ Logs are DataFrames as returned by `rsbook.logs.read_log`. Accuracies are fracti
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
 from rsbook.bounds import cohen_radius, lecuyer_radius, li_radius
-from rsbook.stats import high_probability_accuracy
+from rsbook.stats import HIGH_PROBABILITY_METHODS, high_probability_accuracy
 
 __all__ = [
+    "certified_hits",
     "certified_accuracy",
     "certified_accuracy_table",
     "certified_accuracy_curves",
@@ -37,8 +39,10 @@ __all__ = [
     "counts_from_radius",
     "resampled_certified_accuracy",
     "compare",
+    "round_half_up",
     "table_status",
     "STATUSES",
+    "DIFFERENT_DATA",
 ]
 
 
@@ -50,14 +54,26 @@ def _check_log(log: pd.DataFrame, columns=("correct", "radius")):
         raise ValueError("log has no rows")
 
 
+def certified_hits(correct, radius, radii) -> np.ndarray:
+    """The library's one rule for "certified at r": a correct prediction with a certificate, i.e. a
+    radius > 0 (a radius of 0 certifies nothing; rsbook.bounds.certified_gap), and radius >= r.
+
+    correct: (n,) bools or 0/1; radius: (n,) radii >= 0; radii: (k,) radii r. Returns (k, n) bools.
+    Used by certified accuracy (Cohen et al. 2019, Sec. 4), its anisotropic and top-k versions.
+    """
+    correct = np.asarray(correct) == 1
+    radius = np.asarray(radius, dtype=float)
+    radii = np.atleast_1d(np.asarray(radii, dtype=float))
+    return (correct & (radius > 0))[None, :] & (radius[None, :] >= radii[:, None])
+
+
 def certified_accuracy(log: pd.DataFrame, radii) -> pd.Series:
     """Approximate certified accuracy (Cohen et al. 2019, Sec. 4): for each r in radii, the fraction
-    of rows with correct == 1 and radius >= r. Index: the radii; name: 'certified_accuracy'."""
+    of rows with correct == 1 and a certified radius >= r (`certified_hits`: radius > 0 as well, so
+    r = 0 counts certificates, not bare predictions). Index: the radii; name: 'certified_accuracy'."""
     _check_log(log)
     radii = np.atleast_1d(np.asarray(radii, dtype=float))
-    correct = log["correct"].to_numpy() == 1
-    radius = log["radius"].to_numpy(dtype=float)
-    hits = correct[None, :] & (radius[None, :] >= radii[:, None])
+    hits = certified_hits(log["correct"].to_numpy(), log["radius"].to_numpy(dtype=float), radii)
     return pd.Series(hits.mean(axis=1), index=pd.Index(radii, name="radius"), name="certified_accuracy")
 
 
@@ -184,11 +200,17 @@ def bound_radii(log: pd.DataFrame, sigma: float) -> pd.DataFrame:
 
 
 def high_probability_curve(log: pd.DataFrame, radii, alpha: float, rho: float) -> pd.DataFrame:
-    """Approximate certified accuracy beside its 1 - rho high-probability lower bound (App. D,
-    Thm. 6; Fig. 14). Columns: radius, approximate, high_probability."""
-    approx = certified_accuracy(log, radii)
-    bound = high_probability_accuracy(approx.to_numpy(), len(log), alpha, rho)
-    return pd.DataFrame({"radius": approx.index, "approximate": approx.to_numpy(), "high_probability": bound})
+    """Approximate certified accuracy beside its 1 - rho high-probability lower bounds (Cohen et al.
+    2019, App. D, Thm. 6; Fig. 14), for CERTIFY run with failure rate alpha on each of the log's rows.
+
+    Columns: radius, approximate (certified_accuracy), bernstein (Theorem 6's bound, from Bernstein's
+    inequality) and exact (approximate - q / n with q the (1 - rho)-quantile of Bin(n, alpha)); see
+    rsbook.stats.high_probability_accuracy. One row per radius; accuracies are fractions in [0, 1].
+    """
+    approx = certified_accuracy(log, radii).to_numpy()
+    bounds = {method: high_probability_accuracy(approx, len(log), alpha, rho, method=method)
+              for method in HIGH_PROBABILITY_METHODS}
+    return pd.DataFrame({"radius": np.atleast_1d(np.asarray(radii, dtype=float)), "approximate": approx, **bounds})
 
 
 def radius_cap(sigma, n, alpha):
@@ -268,20 +290,40 @@ def audit_certify_logs(entries: pd.DataFrame, alpha: float, n: int) -> pd.DataFr
 
 
 STATUSES = ("reproduced exactly", "within tolerance", "differs", "not yet reproduced")
+DIFFERENT_DATA = "different data"
+"""The status of a cell computed on other data than the paper's (a stand-in set): shown beside the
+paper's number, never judged reproduced or differing."""
+
+
+def round_half_up(values, decimals) -> np.ndarray:
+    """values rounded to `decimals` places the way printed tables round: half up, on the shortest
+    decimal form of each float (0.625 -> 0.63, 0.245 -> 0.25), not numpy's half-to-even on the
+    binary value (np.round gives 0.62 and 0.24). NaN stays NaN. decimals broadcasts with values."""
+    values, decimals = np.broadcast_arrays(np.asarray(values, dtype=float), np.asarray(decimals))
+
+    def one(value, places):
+        if not np.isfinite(value):
+            return value
+        quantum = Decimal(1).scaleb(-int(places))
+        return float(Decimal(repr(float(value))).quantize(quantum, rounding=ROUND_HALF_UP))
+
+    return np.array([one(v, d) for v, d in zip(values.ravel(), decimals.ravel())], dtype=float).reshape(values.shape)
 
 
 def compare(ours: pd.DataFrame, paper: pd.DataFrame, decimals=None, n_examples=None, z: float = 2.0,
-            rel_tolerance: float | Mapping = 0.0) -> pd.DataFrame:
+            rel_tolerance: float | Mapping = 0.0, same_data: bool = True) -> pd.DataFrame:
     """Ours | paper | delta, per cell, aligned on the paper's rows and columns.
 
     decimals: digits the paper printed (an int, or a frame like `paper`); a cell is 'reproduced
-    exactly' when ours rounded to them equals the paper. n_examples: the number of examples behind
+    exactly' when ours rounded half up to them (round_half_up, as tables are printed) equals the
+    paper. n_examples: the number of examples behind
     our estimate; a cell is 'within tolerance' when |delta| <= half a printed unit + z binomial
     standard errors sqrt(p (1 - p) / n) (for accuracies; leave None for other quantities) +
     rel_tolerance * |paper| (for approximate claims such as wall-clock times; a mapping gives it per
     column). Else
     'differs'; a cell we have no value for is 'not yet reproduced'. Only cells the paper printed
-    (non-missing in `paper`) are compared.
+    (non-missing in `paper`) are compared. same_data=False: ours come from other data than the
+    paper's, and every cell we have a value for gets the status DIFFERENT_DATA instead of a verdict.
     Returns a long frame: row, column, ours, paper, delta, tolerance, status.
     """
     ours = ours.reindex(index=paper.index, columns=paper.columns)
@@ -308,11 +350,12 @@ def compare(ours: pd.DataFrame, paper: pd.DataFrame, decimals=None, n_examples=N
     relative = (long["column"].map(lambda c: rel_tolerance.get(c, 0.0)) if isinstance(rel_tolerance, Mapping)
                 else rel_tolerance)
     long["tolerance"] = half_unit + spread + relative * long["paper"].abs()
-    rounded = np.round(long["ours"].to_numpy() * 10.0 ** long["decimals"]) / 10.0 ** long["decimals"]
+    rounded = round_half_up(long["ours"].to_numpy(), long["decimals"].to_numpy())
     exact = np.isclose(rounded, long["paper"], rtol=0, atol=1e-9)
     within = long["delta"].abs() <= long["tolerance"] + 1e-12
     long["status"] = np.select(
-        [long["ours"].isna(), exact, within], [STATUSES[3], STATUSES[0], STATUSES[1]], default=STATUSES[2]
+        [long["ours"].isna(), np.full(len(long), not same_data), exact, within],
+        [STATUSES[3], DIFFERENT_DATA, STATUSES[0], STATUSES[1]], default=STATUSES[2]
     )
     long.index.name = None
     return long.drop(columns="decimals")

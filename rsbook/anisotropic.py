@@ -44,9 +44,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import norm
 
-from rsbook._checks import check_alpha, check_num_classes, check_positive_int, check_sigma
+from rsbook._checks import (
+    check_alpha,
+    check_num_classes,
+    check_positive_int,
+    check_sigma,
+)
+from rsbook.analysis import certified_hits
+from rsbook.bounds import certified_gap
 from rsbook.curvature import Rotation, safe_directions
 from rsbook.ellipsoids import distance_to_ellipsoid, ellipsoids_intersect
 from rsbook.memory import Region, memory_certify, region_conflicts
@@ -359,15 +365,19 @@ def _sigma_for_one(sigma, x: torch.Tensor, rotation) -> torch.Tensor:
 
 
 def certify(model, x, sigma, rotation: Rotation | None = None, *, num_classes: int, n0: int, n: int,
-            alpha: float, batch_size: int, generator=None) -> Certificate:
+            alpha: float, batch_size: int, generator=None, estimate_generator=None) -> Certificate:
     """Cohen et al.'s CERTIFY with the anisotropic gap (thesis eq. 3.12, 4.4) at one input x.
 
     Noise U diag(sigma) eps: sigma a number (isotropic), a tensor of x's shape (axis-aligned), or
     of shape (d,) with an unbatched `rotation` of dimension d = x.numel(). Guesses c_A from n0
     draws, then draws n fresh ones and takes the one-sided (1 - alpha) Clopper-Pearson lower bound
-    p_A (rsbook.stats). If p_A < 1/2 it abstains; else, with probability >= 1 - alpha over the
-    sampling, g(x + delta) = c_A for all ||diag(sigma)^-1 U^T delta|| <= gap = Phi^-1(p_A), hence for
-    ||delta||_2 <= radius = min(sigma) gap. proxy_radius = gap * geometric mean of sigma.
+    p_A (rsbook.stats). Unless p_A > 1/2 it abstains (rsbook.bounds.certified_gap); else, with
+    probability >= 1 - alpha over the sampling, g(x + delta) = c_A for all
+    ||diag(sigma)^-1 U^T delta|| <= gap = Phi^-1(p_A), hence for ||delta||_2 <= radius = min(sigma) gap.
+    proxy_radius = gap * geometric mean of sigma: the radius of the ball of equal volume, a size,
+    not an l2 certificate. generator draws the n0 selection samples and estimate_generator the n
+    estimation samples (None: they continue the selection stream). sigma must not have been chosen
+    with these draws (rsbook.streams gives optimisation its own stream).
     """
     check_num_classes(num_classes)
     check_positive_int(n0, "n0")
@@ -376,6 +386,8 @@ def certify(model, x, sigma, rotation: Rotation | None = None, *, num_classes: i
     check_alpha(alpha)
     x = _batch(torch.as_tensor(x).unsqueeze(0))[0]
     _check_generator(generator, x.device)
+    _check_generator(estimate_generator, x.device)
+    estimate_generator = generator if estimate_generator is None else estimate_generator
     if rotation is not None:
         if rotation.batch_shape != () or rotation.dim != x.numel():
             raise ValueError(f"rotation must be one unbatched rotation of dimension {x.numel()}, got batch "
@@ -385,11 +397,11 @@ def certify(model, x, sigma, rotation: Rotation | None = None, *, num_classes: i
     noise_sigma = sigma.to(x.dtype)
     with torch.inference_mode():
         c_hat = int(_count(model, x, noise_sigma, rotation, n0, batch_size, generator, num_classes).argmax())
-        n_a = int(_count(model, x, noise_sigma, rotation, n, batch_size, generator, num_classes)[c_hat])
+        n_a = int(_count(model, x, noise_sigma, rotation, n, batch_size, estimate_generator, num_classes)[c_hat])
     p_a = clopper_pearson_lower(n_a, n, alpha)
-    if p_a < 0.5:
+    gap = certified_gap(p_a)
+    if gap is None:
         return Certificate(ABSTAIN, float(p_a), 0.0, 0.0, 0.0)
-    gap = float(norm.ppf(p_a))
     flat = sigma.reshape(-1)
     return Certificate(c_hat, float(p_a), gap, float(flat.min()) * gap, float(torch.exp(torch.log(flat).mean())) * gap)
 
@@ -409,11 +421,12 @@ def _column(frame: pd.DataFrame, by: str) -> np.ndarray:
 
 
 def certified_accuracy(frame: pd.DataFrame, radii, by: str = "radius") -> pd.Series:
-    """Fraction of rows with correct == 1 and `by` (radius or proxy_radius) >= r, for each r (Sec. 5.2)."""
+    """Fraction of rows with correct == 1 and a certified `by` (radius or proxy_radius) >= r, for each r
+    (Sec. 5.2; rsbook.analysis.certified_hits: a radius of 0 certifies nothing). The proxy radius is
+    a size, not an l2 certificate: label it so wherever it is shown."""
     values = _column(frame, by)
     radii = np.atleast_1d(np.asarray(radii, dtype=float))
-    correct = frame["correct"].to_numpy() == 1
-    hits = correct[None, :] & (values[None, :] >= radii[:, None])
+    hits = certified_hits(frame["correct"].to_numpy(), values, radii)
     return pd.Series(hits.mean(axis=1), index=pd.Index(radii, name=by), name="certified_accuracy")
 
 

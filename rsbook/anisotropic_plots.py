@@ -16,6 +16,10 @@ from rsbook.toy2d import decision_grid
 
 __all__ = ["METHOD_COLORS", "accuracy_curves", "plot_accuracy_grid", "plot_regions_2d", "plot_traces"]
 
+PROXY_LABEL = "proxy radius (not an ℓ₂ certificate)"
+"""How every figure names the proxy radius: the radius of the ball with the certified region's volume
+(Rumezhak 2022, eq. 3.14), a size, not a radius within which the prediction is certified."""
+
 METHOD_COLORS = {"Fixed": "#7f7f7f", "Isotropic": "#ff7f0e", "DDS": "#ff7f0e", "ANCER": "#1f77b4",
                  "RANCER": "#e377c2"}
 _CLASS_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
@@ -46,7 +50,7 @@ def plot_accuracy_grid(panels: dict, title: str | None = None):
             ax.step(group["radius"], group["certified_accuracy"], where="post", label=method,
                     color=METHOD_COLORS.get(method))
         ax.set_title(f"{row}, {column}", fontsize=10)
-        ax.set_xlabel("proxy radius" if "proxy" in column else "ℓ₂ radius")
+        ax.set_xlabel(PROXY_LABEL if "proxy" in column else "ℓ₂ radius")
         ax.set_ylim(0, 1.02)
         ax.set_xlim(left=0)
     axes[0, 0].set_ylabel("certified accuracy")
@@ -106,7 +110,7 @@ def plot_traces(traces: pd.DataFrame, title: str | None = None):
     proxy radius; one column per input (`position`), one line per `method`. traces: the long frames of
     AnisotropicRun.trace with a method column. Returns (fig, 2-D array of axes)."""
     traces = traces.assign(sigma_volume=np.exp(traces["log_volume"]))
-    quantities = [("gap", "gap"), ("sigma_volume", "σ volume (∏ σᵢ)"), ("proxy_radius", "proxy radius")]
+    quantities = [("gap", "gap"), ("sigma_volume", "σ volume (∏ σᵢ)"), ("proxy_radius", PROXY_LABEL)]
     positions = list(dict.fromkeys(traces["position"]))
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(len(quantities), len(positions), figsize=(3.2 * len(positions), 7.2), squeeze=False,

@@ -12,9 +12,10 @@ in chunks of `chunk_size` inputs, into a run folder root/anisotropic/<label>-<di
 method (one row per input, appended as it is certified) and one file per method and chunk holding the
 optimised parameters (sigma, rotation) and the optimisation trace. Re-running the call with the same
 parameters resumes: finished chunks are read back, a chunk whose parameters are on disk is only
-certified. Every chunk's optimisation draws from a generator seeded by (seed, method, chunk start)
-and every input's certification from one seeded by (seed, method, index), so a resumed run writes the
-same rows. `AnisotropicRun` reads the results back, builds the certified regions and applies
+certified. Every chunk's optimisation draws from the stream (seed, 'optimise', method, chunk start)
+and every input's certification from the streams (seed, 'select' / 'estimate', method, index)
+(rsbook.streams), so a resumed run writes the same rows and the noise that chose sigma is never the
+noise that certifies it. `AnisotropicRun` reads the results back, builds the certified regions and applies
 memory-based certification (rsbook.memory).
 """
 
@@ -31,15 +32,24 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from rsbook import streams
 from rsbook._io import atomic_write
-from rsbook.anisotropic import (ABSTAIN, accuracy_table, acr_table, average_radius_improvement, certify,
-                                optimize_ancer, optimize_isotropic, optimize_rancer)
+from rsbook.anisotropic import (
+    ABSTAIN,
+    accuracy_table,
+    acr_table,
+    average_radius_improvement,
+    certify,
+    optimize_ancer,
+    optimize_isotropic,
+    optimize_rancer,
+)
 from rsbook.curvature import Rotation
 from rsbook.experiments import run_folder
 from rsbook.logs import ResultsTable, begin_run, finish_manifest
 from rsbook.memory import MEMORY_STATUSES, Region, memory_certify, region_conflicts
 
-__all__ = ["METHODS", "RESULT_COLUMNS", "CONFIG", "cpu_threads", "run_methods", "AnisotropicRun", "method_generator",
+__all__ = ["METHODS", "RESULT_COLUMNS", "CONFIG", "cpu_threads", "run_methods", "AnisotropicRun",
            "thesis_config", "thesis_settings", "toy_experiment", "released_toy", "image_experiment",
            "processing_order", "pick_examples", "soundness_table"]
 
@@ -49,13 +59,6 @@ CONFIG = "tarasrumezhak/RANCER/pipeline_2D/config.json"
 METHODS = ("Fixed", "Isotropic", "ANCER", "RANCER")
 RESULT_COLUMNS = ("idx", "label", "prediction", "correct", "p_a_lower", "gap", "radius", "proxy_radius", "sigma_min",
                   "sigma_max", "sigma_geometric_mean", "optimize_seconds", "certify_seconds")
-
-
-def method_generator(seed: int, method: str, key: int, device=None) -> torch.Generator:
-    """A torch.Generator on `device` seeded from (seed, method, key) through numpy's SeedSequence."""
-    entropy = [int(seed), METHODS.index(method) if method in METHODS else 99, int(key)]
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=torch.device("cpu" if device is None else device)).manual_seed(int(state))
 
 
 @contextmanager
@@ -108,7 +111,8 @@ def _chunk_parameters(folder, method, start, model, x, settings, seed, device) -
                              weights_only=False)["sigma"].to(device)
         _sync(device)
         started = time.perf_counter()
-        result = _optimize(method, model, x, iso, settings, method_generator(seed, method, start, device))
+        result = _optimize(method, model, x, iso, settings, streams.generator(seed, "optimise", method, start,
+                                                                               device=device))
         _sync(device)
         elapsed = time.perf_counter() - started
         saved = {"sigma": result.sigma.cpu(), "rotation": None if result.rotation is None else result.rotation.state(),
@@ -134,11 +138,12 @@ def _run_chunk(folder, start, stop, methods, tables, model, inputs, labels, indi
             local = position - start
             sigma = saved["sigma"][local].to(device)
             one_rotation = None if rotation is None else rotation[local]
+            select, estimate = streams.certify_generators(seed, method, int(indices[position]), device=device)
             _sync(device)
             started = time.perf_counter()
             result = certify(model, inputs[position], float(sigma) if sigma.dim() == 0 else sigma, one_rotation,
                              num_classes=num_classes, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                             generator=method_generator(seed, method, int(indices[position]), device))
+                             generator=select, estimate_generator=estimate)
             _sync(device)
             flat = sigma.double().reshape(-1)
             rows.append({"idx": int(indices[position]), "label": int(labels[position]),
@@ -412,7 +417,7 @@ def image_experiment(root, dataset: str, arch: str, train_sigma: float, epochs: 
     model, _ = load_checkpoint(checkpoint, num_classes(dataset), device=device, dataset=dataset)
     data = load_dataset(dataset, "test")
     count = min(int(num_examples), len(data))
-    indices = np.sort(np.random.default_rng(seed).choice(len(data), count, replace=False))
+    indices = np.sort(streams.numpy_generator(seed, "subsample", "examples").choice(len(data), count, replace=False))
     inputs = torch.stack([data[int(i)][0] for i in indices])
     labels = np.array([data[int(i)][1] for i in indices])
     return {"model": model, "test": (inputs, labels), "indices": indices, "model_id": str(checkpoint)}
@@ -421,7 +426,7 @@ def image_experiment(root, dataset: str, arch: str, train_sigma: float, epochs: 
 def processing_order(count: int, seed=None):
     """The order in which memory-based certification processes the inputs: None (their given order)
     when seed is None, else a seeded random permutation of range(count)."""
-    return None if seed is None else np.random.default_rng(seed).permutation(int(count))
+    return None if seed is None else streams.numpy_generator(seed, "subsample", "order").permutation(int(count))
 
 
 def pick_examples(run: "AnisotropicRun", count: int, methods=("Isotropic", "ANCER", "RANCER")) -> list[int]:

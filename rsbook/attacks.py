@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from rsbook import streams
 from rsbook._checks import check_alpha, check_positive_int, check_seed, check_sigma
-from rsbook.dataset_runs import example_generator
 from rsbook.smooth import ABSTAIN, Smooth
 
 __all__ = ["ATTACK_COLUMNS", "OBJECTIVES", "NORMS", "attack_certified", "attack_certify_log", "pgd", "smoothed_pgd"]
@@ -296,11 +296,10 @@ def attack_certify_log(smooth: Smooth, model, dataset, log: pd.DataFrame, multip
     log: a certify log as returned by rsbook.logs.read_certify_log (columns idx, label, predict,
     radius, correct); the rows with correct == 1 and radius > 0 are attacked, in log order, at most
     `max_examples` of them (None: all). dataset: the sequence of (x, label) the log was computed on;
-    each row's label must match dataset[idx]. Each example draws from its own generator,
-    example_generator(seed, idx, smooth.device), so a row does not depend on which others were
-    attacked. (Passing the certify run's seed replays its noise stream; the attack's success does not
-    depend on that, but a distinct seed keeps the two streams apart.) Other arguments: see
-    attack_certified.
+    each row's label must match dataset[idx]. Each example draws from its own stream,
+    rsbook.streams.generator(seed, 'attack', idx), so a row does not depend on which others were
+    attacked, and never from the noise that certified it (the certify run's 'select' and 'estimate'
+    streams), even with the same seed. Other arguments: see attack_certified.
 
     Returns a DataFrame with columns ATTACK_COLUMNS, one row per (example, multiplier): idx, label,
     the certified radius, multiplier, epsilon = multiplier * radius, adv_predict (PREDICT at
@@ -336,7 +335,7 @@ def attack_certify_log(smooth: Smooth, model, dataset, log: pd.DataFrame, multip
         if int(true_label) != label:
             raise ValueError(f"log row idx {idx} has label {label}, but dataset[{idx}] has label {int(true_label)}; "
                              "is this the dataset the log was certified on?")
-        generator = example_generator(int(seed), idx, smooth.device)
+        generator = streams.generator(seed, "attack", idx, device=smooth.device)
         for multiplier, epsilon, prediction in _attack_one(
                 smooth, model, x, label, radius, multipliers, n_predict, alpha, batch_size, steps, num_noise,
                 clip, objective, generator):

@@ -15,7 +15,7 @@ from scipy.stats import norm
 
 from rsbook._checks import check_probability
 
-__all__ = ["cohen_radius", "lecuyer_radius", "li_radius"]
+__all__ = ["certified_gap", "cohen_radius", "lecuyer_radius", "li_radius"]
 
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
@@ -34,6 +34,22 @@ def _prepare(p_a, p_b, sigma):
 
 def _finish(radius):
     return float(radius) if radius.ndim == 0 else radius
+
+
+def certified_gap(p_a_lower) -> float | None:
+    """Phi^-1(p_A) when it is positive, else None: the library's one abstention rule.
+
+    With p_B = 1 - p_A, Theorem 1 of Cohen et al. 2019 certifies the radius sigma * Phi^-1(p_A)
+    (a ball) or the gap Phi^-1(p_A) in sigma's units (an ellipsoid, Rumezhak 2022, Thm. 3.3.2). A
+    radius of 0 certifies nothing, so every CERTIFY of the library (Smooth, anisotropic, FaRS)
+    abstains unless p_A > 1/2. The authors' code abstains only when p_A < 1/2 and returns radius 0
+    at p_A = 1/2 exactly; certified accuracy at r = 0 (rsbook.analysis) counts only certificates
+    with a positive radius, so the two agree on every released log.
+
+    p_a_lower: a lower confidence bound on the top-class probability, in [0, 1].
+    """
+    p = float(check_probability(p_a_lower, "p_a_lower"))
+    return float(norm.ppf(p)) if p > 0.5 else None
 
 
 def cohen_radius(p_a, p_b, sigma):

@@ -1,8 +1,9 @@
 """CERTIFY or PREDICT every selected example of a dataset into a resumable log.
 
 Examples are selected as in the authors' certify.py: index i is used when i % skip == 0 and
-(max_index < 0 or i < max_index). Each example gets its own noise stream, seeded from (seed, i),
-so a row does not depend on which process or which resume computed it. Rows are appended and
+(max_index < 0 or i < max_index). Each example gets its own noise streams, seeded from (seed, i)
+(rsbook.streams: 'select' and 'estimate' for CERTIFY, 'predict' for PREDICT), so a row does not
+depend on which process or which resume computed it. Rows are appended and
 flushed one by one; rerunning the same command skips the rows already in the log, and rerunning
 with a larger max_index appends only the missing ones.
 
@@ -16,22 +17,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from rsbook import streams
 from rsbook._checks import check_alpha, check_positive_int, check_seed
 from rsbook.logs import LogWriter, begin_run, finish_manifest, read_log, write_log
 from rsbook.smooth import Smooth
 
-__all__ = ["example_generator", "selected_indices", "certify_dataset", "predict_dataset", "merge_parts"]
-
-
-def example_generator(seed: int, idx: int, device=None) -> torch.Generator:
-    """A torch.Generator on `device` seeded from (seed, idx) through numpy's SeedSequence."""
-    state = np.random.SeedSequence([int(seed), int(idx)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=torch.device("cpu" if device is None else device)).manual_seed(int(state))
+__all__ = ["selected_indices", "certify_dataset", "predict_dataset", "merge_parts"]
 
 
 def selected_indices(length: int, skip: int = 1, max_index: int = -1) -> list[int]:
@@ -104,9 +99,8 @@ def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, s
         for idx in tqdm(todo, desc=f"{kind} {out.name}" + (f" [rank {rank}]" if world > 1 else ""),
                         unit="example", disable=not progress, position=rank):
             x, label = dataset[idx]
-            generator = example_generator(seed, idx, smooth.device)
             start = clock()
-            prediction, radius = step(x, generator)
+            prediction, radius = step(x, idx)
             elapsed = clock() - start
             writer.write(idx, label, prediction, int(prediction == label), elapsed, radius=radius)
     if world > 1:
@@ -130,7 +124,8 @@ def certify_dataset(smooth: Smooth, dataset, out, *, n0: int, n: int, alpha: flo
     recorded = {**(parameters or {}), "n0": check_positive_int(n0, "n0"), "n": check_positive_int(n, "n"),
                 "alpha": check_alpha(alpha), "batch": check_positive_int(batch_size, "batch_size")}
     return _run("certify", smooth, dataset, out, recorded, seed, skip, max_index, indices, progress, clock,
-                lambda x, gen: smooth.certify(x, n0, n, alpha, batch_size, generator=gen))
+                lambda x, idx: smooth.certify(x, n0, n, alpha, batch_size,
+                                              *streams.certify_generators(seed, idx, device=smooth.device)))
 
 
 def predict_dataset(smooth: Smooth, dataset, out, *, n: int, alpha: float, batch_size: int, skip: int = 1,
@@ -141,4 +136,6 @@ def predict_dataset(smooth: Smooth, dataset, out, *, n: int, alpha: float, batch
     recorded = {**(parameters or {}), "n": check_positive_int(n, "n"), "alpha": check_alpha(alpha),
                 "batch": check_positive_int(batch_size, "batch_size")}
     return _run("predict", smooth, dataset, out, recorded, seed, skip, max_index, indices, progress, clock,
-                lambda x, gen: (smooth.predict(x, n, alpha, batch_size, generator=gen), None))
+                lambda x, idx: (smooth.predict(x, n, alpha, batch_size,
+                                               generator=streams.generator(seed, "predict", idx,
+                                                                           device=smooth.device)), None))

@@ -14,11 +14,18 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from rsbook import streams
 from rsbook.analysis import certified_accuracy
 from rsbook.attacks import ATTACK_COLUMNS, attack_certify_log
 from rsbook.data import load_dataset, num_classes
-from rsbook.dataset_runs import certify_dataset, example_generator, predict_dataset, selected_indices
-from rsbook.logs import ResultsTable, begin_run, finish_manifest, read_certify_log, read_predict_log
+from rsbook.dataset_runs import certify_dataset, predict_dataset, selected_indices
+from rsbook.logs import (
+    ResultsTable,
+    begin_run,
+    finish_manifest,
+    read_certify_log,
+    read_predict_log,
+)
 from rsbook.models import load_checkpoint
 from rsbook.smooth import Smooth
 from rsbook.topk import certify_topk
@@ -105,8 +112,8 @@ def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alph
                skip: int = 1, max_index: int = -1, seed: int = 0, split: str = "test", device=None,
                progress: bool = False) -> pd.DataFrame:
     """Jia et al. (2020) top-k certified radius of the true label for each k in `ks` on the
-    selected examples (rsbook.topk.certify_topk: one set of n samples per example and k, each with
-    probability >= 1 - alpha). Resumable: results are appended per example to a run folder.
+    selected examples (rsbook.topk.certify_topk: one set of n samples per example and k, from the
+    stream (seed, 'estimate', 'topk', idx, k), each with probability >= 1 - alpha). Resumable: results are appended per example to a run folder.
     Returns a frame with columns idx, label, k, radius (0 where not certified)."""
     parameters = {"dataset": dataset, "split": split, "checkpoint": str(checkpoint), "sigma": float(sigma),
                   "ks": [int(k) for k in ks], "n": n, "alpha": alpha, "batch": batch_size, "skip": skip}
@@ -120,7 +127,8 @@ def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alph
         rows = []
         for k in ks:
             radius = certify_topk(smooth, x, label, int(k), n, alpha, batch_size,
-                                  generator=example_generator(seed, idx, smooth.device))
+                                  generator=streams.generator(seed, "estimate", "topk", idx, int(k),
+                                                              device=smooth.device))
             rows.append({"idx": idx, "label": label, "k": int(k), "radius": float(radius)})
         table.append(rows)
     finish_manifest(folder)

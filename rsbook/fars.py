@@ -48,10 +48,10 @@ import numbers
 
 import torch
 import torch.nn.functional as F
-from scipy.stats import norm
 from torch import nn
 
 from rsbook._checks import check_alpha, check_num_classes, check_positive_int, check_sigma
+from rsbook.bounds import certified_gap
 from rsbook.smooth import ABSTAIN
 
 __all__ = ["sparsemax", "margin_radius", "linear_certify", "per_class_radius", "nearest_boundary_point",
@@ -317,13 +317,16 @@ class SparsemaxSmooth:
         the smoothed classifier argmax_c H_c(z)."""
         return int(self.moments(z, num, batch_size, generator)[0].argmax())
 
-    def certify(self, z, n0: int, n: int, alpha: float, batch_size: int, generator=None, bound: str = "bernstein"):
+    def certify(self, z, n0: int, n: int, alpha: float, batch_size: int, generator=None, bound: str = "bernstein",
+                estimate_generator=None):
         """CERTIFY for the smoothed soft classifier: guess c_A = argmax of the mean of h over n0 samples;
         from n fresh samples take a one-sided (1 - alpha) lower bound p_A on H_{c_A}(z) (`bound`:
         'bernstein' (Maurer & Pontil 2009, Thm. 4; needs n >= 2) or 'hoeffding'). If p_A <= 1/2 return
-        (ABSTAIN, 0.0), else (c_A, sigma Phi^-1(p_A)). Since sum_c H_c = 1, H_{c_A} > 1/2 makes c_A the
-        argmax, and sigma Phi^-1(H_c) is 1-Lipschitz (Salman et al. 2019, App. A), so with probability
-        >= 1 - alpha argmax H(z') = c_A for all ||z' - z||_2 < radius."""
+        (ABSTAIN, 0.0) (the library's one rule, rsbook.bounds.certified_gap), else (c_A, sigma Phi^-1(p_A)).
+        Since sum_c H_c = 1, H_{c_A} > 1/2 makes c_A the argmax, and sigma Phi^-1(H_c) is 1-Lipschitz
+        (Salman et al. 2019, App. A), so with probability >= 1 - alpha argmax H(z') = c_A for all
+        ||z' - z||_2 < radius. generator draws the n0 selection samples and estimate_generator the n
+        estimation samples (None: they continue the selection stream), as in rsbook.smooth.Smooth.certify."""
         if bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
         alpha = check_alpha(alpha)
@@ -331,14 +334,15 @@ class SparsemaxSmooth:
         if bound == "bernstein" and n < 2:
             raise ValueError(f"n must be >= 2 for the empirical Bernstein bound, got {n}")
         c_hat = int(self.moments(z, n0, batch_size, generator)[0].argmax())
-        mean, variance = self.moments(z, n, batch_size, generator)
+        mean, variance = self.moments(z, n, batch_size, generator if estimate_generator is None else estimate_generator)
         if bound == "bernstein":
             p_a = empirical_bernstein_lower(mean[c_hat], variance[c_hat], n, alpha)
         else:
             p_a = hoeffding_lower(mean[c_hat], n, alpha)
-        if p_a <= 0.5:
+        gap = certified_gap(min(p_a, 1.0))
+        if gap is None:
             return ABSTAIN, 0.0
-        return c_hat, float(self.sigma * norm.ppf(min(p_a, 1.0)))
+        return c_hat, self.sigma * gap
 
 
 class SmoothedSparsemaxModel(nn.Module):

@@ -17,25 +17,40 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter
 import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
 import torch.nn.functional as F
+from matplotlib.ticker import NullFormatter
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from rsbook import streams
 from rsbook._checks import check_positive_int, check_seed, check_sigma
 from rsbook._io import append_epoch_row, atomic_write, read_torch_dict, trim_epoch_rows
 from rsbook.analysis import certified_accuracy
 from rsbook.attacks import pgd
 from rsbook.data import input_shape, load_dataset, num_classes
-from rsbook.dataset_runs import example_generator, selected_indices
+from rsbook.dataset_runs import selected_indices
 from rsbook.experiments import run_folder
-from rsbook.fars import (FaRS, SmoothedSparsemaxModel, SparsemaxSmooth, build_head, carry_radius, linear_certify,
-                         margin_logits, nearest_boundary_point, per_class_radius, sparsemax)
-from rsbook.lipschitz import max_jacobian_norm, adversarial_lipschitz_ratio, sll_backbone
+from rsbook.fars import (
+    FaRS,
+    SmoothedSparsemaxModel,
+    SparsemaxSmooth,
+    build_head,
+    carry_radius,
+    linear_certify,
+    margin_logits,
+    nearest_boundary_point,
+    per_class_radius,
+    sparsemax,
+)
+from rsbook.lipschitz import (
+    adversarial_lipschitz_ratio,
+    max_jacobian_norm,
+    sll_backbone,
+)
 from rsbook.logs import ResultsTable, begin_run, finish_manifest, run_manifest
 from rsbook.smooth import ABSTAIN, Smooth
 from rsbook.throughput import timed
@@ -54,10 +69,6 @@ CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 
 
 # ------------------------------------------------------------------------------------------ training
-
-def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, stream, 5]).generate_state(1, dtype=np.uint64)[0])
-
 
 def _cosine_lr(lr: float, epoch: int, epochs: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
@@ -150,7 +161,7 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
     out = Path(out)
     classes = num_classes(dataset)
 
-    torch.manual_seed(_epoch_seed(seed, 0, 4))  # the initial weights
+    streams.seed_global(seed, "init", "fars")
     if backbone_checkpoint is not None:
         config, state = _backbone_from(backbone_checkpoint, backbone)
     else:
@@ -185,9 +196,9 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
             current = _cosine_lr(lr, epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = current
-            torch.manual_seed(_epoch_seed(seed, epoch, 0))  # augmentation draws from the global generator
-            order = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1))
-            noise_gen = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch, 2))
+            streams.seed_global(seed, "augment", "fars", epoch)
+            order = streams.generator(seed, "shuffle", "fars", epoch)
+            noise_gen = streams.generator(seed, "train", "fars", epoch, device=device)
             loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=order, num_workers=workers)
             model.train(train_backbone)
             model.head.train()
@@ -319,16 +330,17 @@ def per_class_overclaims(model: FaRS, z, indices) -> pd.DataFrame:
 
 def _certify_rows(folder: Path, parameters: dict, seed: int, device, indices, z, labels, certify_one,
                   lipschitz: float, progress: bool, desc: str) -> pd.DataFrame:
-    """Resumable per-example loop: certify_one(z_i, generator) -> (prediction, radius), one row per
-    example appended to folder/results.tsv, each with its own generator example_generator(seed, idx)."""
+    """Resumable per-example loop: certify_one(z_i, (select, estimate)) -> (prediction, radius), one row
+    per example appended to folder/results.tsv, each with its own pair of streams
+    rsbook.streams.certify_generators(seed, idx)."""
     begin_run(folder, parameters, seed=seed, device=device)
     table = ResultsTable(folder / "results.tsv", CERTIFY_COLUMNS)
     positions = [p for p, idx in enumerate(indices) if int(idx) not in table.done]
     for position in tqdm(positions, desc=desc, disable=not progress):
         idx, label = int(indices[position]), int(labels[position])
-        generator = example_generator(seed, idx, device)
+        generators = streams.certify_generators(seed, idx, device=device)
         started = time.perf_counter()
-        prediction, radius = certify_one(z[position], generator)
+        prediction, radius = certify_one(z[position], generators)
         seconds = time.perf_counter() - started
         table.append([{"idx": idx, "label": label, "predict": int(prediction),
                        "radius": float(carry_radius(radius, lipschitz)),
@@ -351,7 +363,8 @@ def smoothing_certificates(root, name: str, head, z, labels, indices, *, num_cla
                 "lipschitz": float(lipschitz), "examples": [int(i) for i in indices]}
     folder = run_folder(root, "certify_head", name, settings)
     return _certify_rows(folder, settings, seed, device, indices, z, labels,
-                         lambda zi, g: smooth.certify(zi, n0, n, alpha, batch_size, generator=g), lipschitz,
+                         lambda zi, g: smooth.certify(zi, n0, n, alpha, batch_size, generator=g[0],
+                                                      estimate_generator=g[1]), lipschitz,
                          progress, "certify head")
 
 
@@ -369,7 +382,8 @@ def sparsemax_certificates(root, name: str, head, z, labels, indices, *, num_cla
                 "examples": [int(i) for i in indices]}
     folder = run_folder(root, "certify_sparsemax", name, settings)
     return _certify_rows(folder, settings, seed, device, indices, z, labels,
-                         lambda zi, g: smooth.certify(zi, n0, n, alpha, batch_size, generator=g, bound=bound),
+                         lambda zi, g: smooth.certify(zi, n0, n, alpha, batch_size, generator=g[0], bound=bound,
+                                                      estimate_generator=g[1]),
                          lipschitz, progress, "certify sparsemax")
 
 
@@ -381,8 +395,9 @@ def _epsilon_column(epsilon: float) -> str:
 
 def _attack_loop(folder: Path, parameters: dict, seed: int, device, data, indices, epsilons, batch_size: int,
                  attack_batch, progress: bool, desc: str) -> pd.DataFrame:
-    """Resumable batched loop: attack_batch(x, y, generator) -> (clean (B,) bool, {epsilon: robust (B,) bool});
-    one row per example (idx, label, clean, pgd_<eps>...), appended after each batch."""
+    """Resumable batched loop: attack_batch(x, y, key) -> (clean (B,) bool, {epsilon: robust (B,) bool}), key
+    the batch's first index (for its random streams); one row per example (idx, label, clean, pgd_<eps>...),
+    appended after each batch."""
     begin_run(folder, parameters, seed=seed, device=device)
     columns = ("idx", "label", "clean", *[_epsilon_column(e) for e in epsilons])
     table = ResultsTable(folder / "results.tsv", columns)
@@ -392,7 +407,7 @@ def _attack_loop(folder: Path, parameters: dict, seed: int, device, data, indice
         xs, ys = zip(*(data[i] for i in batch))
         x = torch.stack([torch.as_tensor(v) for v in xs]).to(device)
         y = torch.as_tensor(ys, dtype=torch.long, device=device)
-        clean, robust = attack_batch(x, y, example_generator(seed, batch[0], device))
+        clean, robust = attack_batch(x, y, batch[0])
         rows = []
         for k, idx in enumerate(batch):
             row = {"idx": idx, "label": int(y[k]), "clean": int(clean[k])}
@@ -423,7 +438,7 @@ def pgd_robustness(root, name: str, model, data, indices, epsilons, *, steps: in
     settings = {**(parameters or {}), "epsilons": epsilons, "steps": steps, "clip": list(clip) if clip else None,
                 "examples": [int(i) for i in indices]}
 
-    def attack_batch(x, y, generator):
+    def attack_batch(x, y, key):
         with torch.inference_mode():
             clean = (model(x).argmax(1) == y).cpu()
         robust = {}
@@ -445,8 +460,9 @@ def smoothed_pgd_robustness(root, name: str, model: FaRS, data, indices, epsilon
     the attack ascends -log of a Monte Carlo estimate of H_y(e(x + delta)) with `num_noise` draws per step
     (rsbook.fars.SmoothedSparsemaxModel; Salman et al. 2019's objective), then the smoothed classifier
     is evaluated at x_adv as SparsemaxSmooth.predict does it, argmax of the mean of h over n_predict fresh
-    draws (vectorised over the examples). clean: the same prediction at x. Each batch draws from
-    example_generator(seed, its first idx). Rows as pgd_robustness.
+    draws (vectorised over the examples). clean: the same prediction at x. Each batch draws the attack's
+    noise from the stream (seed, 'attack', its first idx) and each evaluation from its own 'predict'
+    stream (rsbook.streams). Rows as pgd_robustness.
     Resumable run folder root/pgd_sparsemax/<name>-<digest>."""
     device = torch.device("cpu" if device is None else device)
     epsilons = _check_epsilons(epsilons)
@@ -464,13 +480,14 @@ def smoothed_pgd_robustness(root, name: str, model: FaRS, data, indices, epsilon
         with torch.inference_mode():
             return torch.cat([evaluator(x[i:i + rows]).argmax(dim=1).cpu() for i in range(0, len(x), rows)])
 
-    def attack_batch(x, y, generator):
-        target = SmoothedSparsemaxModel(model.backbone, model.head, sigma, num_noise, r, generator=generator).eval()
-        clean = predict(x, generator) == y.cpu()
+    def attack_batch(x, y, key):
+        noise = streams.generator(seed, "attack", key, device=device)
+        target = SmoothedSparsemaxModel(model.backbone, model.head, sigma, num_noise, r, generator=noise).eval()
+        clean = predict(x, streams.generator(seed, "predict", key, "clean", device=device)) == y.cpu()
         robust = {}
         for e in epsilons:
             adversarial = pgd(target, x, y, e, norm="l2", steps=steps, clip=clip, random_start=False)
-            robust[e] = predict(adversarial, generator) == y.cpu()
+            robust[e] = predict(adversarial, streams.generator(seed, "predict", key, f"{e:g}", device=device)) == y.cpu()
         return clean, robust
 
     return _attack_loop(run_folder(root, "pgd_sparsemax", name, settings), settings, seed, device, data, indices,
@@ -489,7 +506,7 @@ def robust_accuracy(frame: pd.DataFrame, epsilons) -> pd.Series:
 # ----------------------------------------------------------------------------------------- tables
 
 def _certified_row(log: pd.DataFrame, epsilons) -> pd.Series:
-    values = {"natural": float(certified_accuracy(log, [0.0]).iloc[0])}
+    values = {"natural": float((log["correct"] == 1).mean())}  # abstentions are never correct
     values.update({f"{float(e):g}": float(certified_accuracy(log, [float(e)]).iloc[0]) for e in epsilons})
     return pd.Series(values)
 
@@ -549,7 +566,7 @@ def certification_times(model: FaRS, xs: torch.Tensor, *, sigma_head: float, sig
     xs = torch.as_tensor(xs).to(device)
     model = model.eval().to(device)
     weight, bias = _head_tensors(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = streams.generator(seed, "probe", "speed", device=device)
     whole = Smooth(model, num_classes, sigma_input, device=device)
     on_head = Smooth(model.head, num_classes, sigma_head, device=device)
     soft = SparsemaxSmooth(model.head, num_classes, sigma_head, r, device=device)
@@ -599,7 +616,7 @@ def lipschitz_check(backbone, xs, *, iterations: int = 30, steps: int = 100, see
     backbone = backbone.eval()
     device = next(backbone.parameters()).device
     xs = torch.as_tensor(xs).to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = streams.generator(seed, "probe", "lipschitz", device=device)
     return {"jacobian": float(max_jacobian_norm(backbone, xs, iterations, generator)),
             "pairs": float(adversarial_lipschitz_ratio(backbone, xs, steps=steps, generator=generator))}
 

@@ -4,6 +4,7 @@ the backend is chosen by whoever renders (the book build sets it)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -52,9 +53,48 @@ def plot_bound_curves(frame: pd.DataFrame, title: str | None = None, ax=None):
     return fig, ax
 
 
-def plot_high_probability(frame: pd.DataFrame, title: str | None = None, ax=None):
-    """Approximate certified accuracy and its high-probability lower bound (Cohen et al. Fig. 14).
-    frame: columns radius, approximate, high_probability (analysis.high_probability_curve)."""
-    long = frame.melt(id_vars="radius", value_vars=["approximate", "high_probability"],
-                      var_name="estimate", value_name="certified_accuracy")
-    return plot_certified_accuracy(long, hue="estimate", title=title, ax=ax)
+_HIGH_PROBABILITY_FORMS = {"exact": ("exact binomial", "-"), "bernstein": ("Bernstein", "--")}
+
+
+def plot_high_probability(curves, title: str | None = None, ax=None, palette: str = "deep"):
+    """Approximate certified accuracy and its 1 - rho lower bounds (Cohen et al. 2019, App. D, Fig. 14).
+
+    curves: a frame from analysis.high_probability_curve (columns radius, approximate, bernstein,
+    exact), or a mapping label -> such frame (e.g. one per alpha) computed on the same log and radii.
+    Draws the approximate accuracy once (black) and, per label, the exact (solid) and Bernstein
+    (dashed) bounds in one colour, as step curves; legend entries read "approximate",
+    "exact binomial, <label>", "Bernstein, <label>" (no ", <label>" for a single frame).
+    Returns (fig, ax); never saves or shows.
+    """
+    frames = {"": curves} if isinstance(curves, pd.DataFrame) else dict(curves)
+    if not frames:
+        raise ValueError("curves is empty; expected a frame or a mapping label -> frame")
+    columns = ["radius", "approximate", *_HIGH_PROBABILITY_FORMS]
+    for label, frame in frames.items():
+        missing = [c for c in columns if c not in frame]
+        if missing:
+            raise ValueError(f"curves[{label!r}] lacks column(s) {missing}; it has {list(frame.columns)}")
+    first = next(iter(frames.values()))
+    for label, frame in frames.items():
+        if not (np.array_equal(frame["radius"], first["radius"])
+                and np.allclose(frame["approximate"], first["approximate"])):
+            raise ValueError(f"curves[{label!r}] is not on the same log and radii as the first frame")
+    colors = sns.color_palette(palette, len(frames))
+    with sns.axes_style("whitegrid"):
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+        else:
+            fig = ax.figure
+        ax.step(first["radius"], first["approximate"], where="post", color="black", label="approximate")
+        for color, (label, frame) in zip(colors, frames.items()):
+            for column, (name, linestyle) in _HIGH_PROBABILITY_FORMS.items():
+                ax.step(frame["radius"], frame[column], where="post", color=color, linestyle=linestyle,
+                        label=f"{name}, {label}" if label else name)
+    ax.set_xlabel("$\\ell_2$ radius")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(left=0)
+    ax.legend(loc="upper right", frameon=True)
+    if title:
+        ax.set_title(title)
+    return fig, ax

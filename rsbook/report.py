@@ -16,7 +16,7 @@ import pandas as pd
 
 from rsbook import published
 from rsbook._io import atomic_write
-from rsbook.analysis import STATUSES, compare, table_status
+from rsbook.analysis import DIFFERENT_DATA, STATUSES, compare, table_status
 from rsbook.logs import finish_manifest, read_manifest, write_manifest
 from rsbook.paths import runs_dir
 
@@ -25,7 +25,7 @@ __all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without
 
 COMPARISONS = "comparisons.csv"
 COMPUTED = "computed (nothing published to compare)"
-_STATUS_COLORS = {STATUSES[1]: "#fff3c4", STATUSES[2]: "#ffd6d6"}
+_STATUS_COLORS = {STATUSES[1]: "#fff3c4", STATUSES[2]: "#ffd6d6", DIFFERENT_DATA: "#e8e8e8"}
 
 
 class ChapterRun:
@@ -47,14 +47,17 @@ class ChapterRun:
         (self.dir / COMPARISONS).unlink(missing_ok=True)
 
     def compare(self, document: str, table: str, ours: pd.DataFrame, section: str, *, n_examples=None,
-                z: float = 2.0, rel_tolerance=0.0, fmt: str = "{:.3f}"):
+                z: float = 2.0, rel_tolerance=0.0, fmt: str = "{:.3f}", same_data: bool = True):
         """Compare `ours` (rows and columns keyed as in the published table, accuracies as
         fractions) with the paper's `table` of `document`, record every cell under the MyST label
         `section`, and return (comparison, styled table). n_examples, z and rel_tolerance set the
-        tolerance; see rsbook.analysis.compare for the statuses."""
+        tolerance; see rsbook.analysis.compare for the statuses. same_data=False when ours come from a
+        stand-in for the paper's data: the cells are shown beside the paper's with the status
+        'different data' (grey), never as reproduced or differing."""
         paper = published.table(document, table)
         digits = published.decimals(document, table)
-        result = compare(ours, paper, decimals=digits, n_examples=n_examples, z=z, rel_tolerance=rel_tolerance)
+        result = compare(ours, paper, decimals=digits, n_examples=n_examples, z=z, rel_tolerance=rel_tolerance,
+                         same_data=same_data)
         self._records.append(result.assign(document=document, table=table, section=section, chapter=self.chapter))
         self._save()
         return result, comparison_table(result, paper.index.name, paper.columns.name, fmt=fmt)
@@ -127,7 +130,8 @@ def styled(frame: pd.DataFrame, fmt="{:.3f}", hide_index: bool = False):
 def comparison_table(result: pd.DataFrame, row_name: str | None = None, column_name: str | None = None,
                      fmt: str = "{:.3f}"):
     """Ours | paper | Δ as a styled table: the published layout, with three lines per published
-    row (ours, paper, Δ). Cells within tolerance are shaded yellow, cells that differ red."""
+    row (ours, paper, Δ). Cells within tolerance are shaded yellow, cells that differ red, cells on
+    different data grey."""
     rows, columns = pd.unique(result["row"]), pd.unique(result["column"])
     kinds = {"ours": "ours", "paper": "paper", "delta": "Δ"}
     index = pd.MultiIndex.from_tuples([(_label(r), label) for r in rows for label in kinds.values()],
@@ -146,7 +150,8 @@ def comparison_table(result: pd.DataFrame, row_name: str | None = None, column_n
 
 def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
     """Every table (and group of in-text results) of every document with its status under
-    `profile`: reproduced exactly / within tolerance / differs / not yet reproduced, worst cell
+    `profile`: reproduced exactly / within tolerance / differs / not yet reproduced / different
+    data, worst cell
     first (rsbook.analysis.table_status), the chapter and section where it is reproduced, and the
     number of cells compared. A table reproduced by several chapters (say, from the authors' logs
     and by a re-run) gets one row per chapter; results recorded with ChapterRun.record, for which

@@ -11,9 +11,9 @@ from __future__ import annotations
 import warnings
 
 import torch
-from scipy.stats import norm
 
 from rsbook._checks import check_alpha, check_num_classes, check_positive_int, check_sigma
+from rsbook.bounds import certified_gap
 from rsbook.stats import binomial_pvalue, clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "Smooth", "autocast_agreement", "largest_batch_size"]
@@ -79,23 +79,33 @@ class Smooth:
             return ABSTAIN
         return int(c_a)
 
-    def certify(self, x, n0: int, n: int, alpha: float, batch_size: int, generator=None):
+    def certify(self, x, n0: int, n: int, alpha: float, batch_size: int, generator=None,
+                estimate_generator=None):
         """CERTIFY (Cohen et al. 2019, Sec. 3.2.2): returns (prediction, radius) or (ABSTAIN, 0.0).
 
         Guesses c_A from n0 samples, then draws n fresh samples and takes the one-sided (1 - alpha)
-        Clopper-Pearson lower bound p_A on P(f(x + eps) = c_A). If p_A < 1/2 it abstains, else it
-        returns c_A with radius sigma * Phi^-1(p_A) (Theorem 1 with p_B = 1 - p_A). With probability
-        at least 1 - alpha, a returned class is g(x') for every ||x' - x||_2 < radius (Proposition 2).
+        Clopper-Pearson lower bound p_A on P(f(x + eps) = c_A). It abstains unless the radius
+        sigma * Phi^-1(p_A) is positive (`rsbook.bounds.certified_gap`: p_A > 1/2), else it returns c_A
+        with that radius (Theorem 1 with p_B = 1 - p_A). With probability at least 1 - alpha, a
+        returned class is g(x') for every ||x' - x||_2 < radius (Proposition 2).
+
+        generator draws the n0 selection samples; estimate_generator the n estimation samples. When
+        estimate_generator is None the estimation draws continue the selection stream (disjoint
+        draws, as in the authors' code); pipelines pass the two streams of
+        `rsbook.streams.certify_generators`.
         """
         x, finite = self._validate(x, generator, alpha, batch_size, n0=n0, n=n)
+        self._check_generator(estimate_generator)
+        estimate_generator = generator if estimate_generator is None else estimate_generator
         with torch.inference_mode():
             c_hat = self._count(x, n0, batch_size, generator).argmax()
-            n_a = self._count(x, n, batch_size, generator)[c_hat]
+            n_a = self._count(x, n, batch_size, estimate_generator)[c_hat]
             c_hat, n_a = self._to_host([c_hat, n_a], finite)
         p_a = clopper_pearson_lower(n_a, n, alpha)
-        if p_a < 0.5:
+        gap = certified_gap(p_a)
+        if gap is None:
             return ABSTAIN, 0.0
-        return int(c_hat), float(self.sigma * norm.ppf(p_a))
+        return int(c_hat), self.sigma * gap
 
     def sample_counts(self, x, num: int, batch_size: int, generator=None) -> torch.Tensor:
         """Class counts of f over `num` noisy copies of x: an int64 tensor of shape (num_classes,),

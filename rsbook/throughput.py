@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rsbook import streams
 from rsbook._checks import check_positive_int
 from rsbook.smooth import Smooth
 
@@ -55,7 +56,7 @@ def raw_forward_rate(smooth: Smooth, batch: torch.Tensor, batches: int) -> float
 
 def certify_rate(smooth: Smooth, x: torch.Tensor, n0: int, n: int, batch_size: int, seed: int = 0) -> float:
     """Noisy samples per second (n0 + n per call) of one Smooth.certify call on x."""
-    generator = torch.Generator(device=smooth.device).manual_seed(seed)
+    generator = streams.generator(seed, "probe", "certify_rate", device=smooth.device)
     seconds = timed(lambda: smooth.certify(x, n0, n, 0.001, batch_size, generator=generator), smooth.device)
     return (n0 + n) / seconds
 

@@ -21,6 +21,7 @@ from rsbook._checks import (
     check_positive_int,
     check_probability,
 )
+from rsbook.analysis import certified_hits
 from rsbook.smooth import Smooth
 from rsbook.stats import clopper_pearson_lower
 
@@ -192,7 +193,8 @@ def certify_topk(smooth, x, label, k, n, alpha, batch_size, generator=None) -> f
 
 def certified_topk_accuracy(radii, radius):
     """Approximate certified top-k accuracy (Jia et al. 2020, Sec. 4): the fraction of test examples
-    whose certified radius (from `certify_topk` with the true label) is positive and at least r.
+    whose certified radius (from `certify_topk` with the true label) is positive and at least r (the
+    library's one rule, rsbook.analysis.certified_hits).
 
     radii: 1-D array of per-example radii (0 = not certified). radius: a scalar r >= 0 or an array.
     Returns a float for scalar radius, else an ndarray of the shape of radius.
@@ -203,6 +205,5 @@ def certified_topk_accuracy(radii, radius):
     r = np.asarray(radius, dtype=float)
     if np.any(~np.isfinite(r)) or np.any(r < 0):
         raise ValueError(f"radius must be finite and >= 0, got {radius!r}")
-    hits = (arr > 0) & (arr >= r[..., None])
-    out = hits.mean(axis=-1)
+    out = certified_hits(np.ones(arr.shape, dtype=bool), arr, r.ravel()).mean(axis=1).reshape(r.shape)
     return float(out) if out.ndim == 0 else out

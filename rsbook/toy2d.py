@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rsbook import streams
 from rsbook._checks import check_num_classes, check_positive_int
 from rsbook.models import RancerMLP
 
@@ -61,7 +62,7 @@ def make_toy(kind: str, n_points: int, n_classes: int, seed: int = 0, *, angle: 
         raise ValueError(f"n_classes must be >= 2, got {n_classes!r}")
     if n_points < n_classes:
         raise ValueError(f"n_points must be >= n_classes = {n_classes}, got {n_points}")
-    rng = np.random.default_rng(seed)
+    rng = streams.numpy_generator(seed, "data", "toy2d", kind)
     if kind in ("linear", "rotated_linear"):
         # bands drawn in a square whose rotation still covers [-2, 2]^2, then cut to it
         half, turn = (2.0, _rotation(0.0)) if kind == "linear" else (2.0 * np.sqrt(2.0), _rotation(angle))
@@ -102,7 +103,7 @@ def train_test_split(points, labels, test_fraction: float = 0.2, seed: int = 0):
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     points, labels = np.asarray(points), np.asarray(labels)
-    order = np.random.default_rng(seed).permutation(len(points))
+    order = streams.numpy_generator(seed, "subsample", "toy2d_split").permutation(len(points))
     cut = int(round(test_fraction * len(points)))
     test, train = order[:cut], order[cut:]
     return (points[train], labels[train]), (points[test], labels[test])
@@ -139,8 +140,8 @@ def train_toy_classifier(points, labels, num_classes: int, *, epochs: int = 2000
         raise ValueError(f"points must have shape (N, 2) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
-    torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-    model = toy_classifier(num_classes)
+    with streams.seeded_global(seed, "init", "toy2d"):
+        model = toy_classifier(num_classes)
     if num_classes == 2:
         optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate or 0.5, momentum=0.9)
         criterion = nn.NLLLoss()  # RancerMLP returns log-probabilities

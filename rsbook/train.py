@@ -15,11 +15,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from rsbook import streams
 from rsbook._checks import check_positive_int, check_seed, check_sigma
 from rsbook._io import append_epoch_row, trim_epoch_rows
 from rsbook.data import load_dataset, num_classes
@@ -31,10 +31,6 @@ __all__ = ["train", "CHECKPOINT", "TRAIN_LOG"]
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.tsv"
 _LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "test_noisy_accuracy", "seconds")
-
-
-def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0])
 
 
 def _learning_rate(lr: float, epoch: int, lr_step: int, gamma: float) -> float:
@@ -82,8 +78,8 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int, out, *, seed: i
     parameters = {"dataset": dataset, "arch": arch, "noise_sd": noise_sd, "batch_size": batch_size, "lr": lr,
                   "momentum": momentum, "weight_decay": weight_decay, "lr_step": lr_step, "gamma": gamma}
 
-    torch.manual_seed(_epoch_seed(seed, 0, 4))  # the initial weights
-    model = build(arch, classes, dataset=dataset).to(device)
+    with streams.seeded_global(seed, "init"):
+        model = build(arch, classes, dataset=dataset).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     checkpoint_path, log_path = out / CHECKPOINT, out / TRAIN_LOG
     with run_manifest(out, parameters, seed=seed, device=device, epochs=epochs):
@@ -100,9 +96,9 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int, out, *, seed: i
             current_lr = _learning_rate(lr, epoch, lr_step, gamma)
             for group in optimizer.param_groups:
                 group["lr"] = current_lr
-            torch.manual_seed(_epoch_seed(seed, epoch, 0))  # augmentation draws from the global generator
-            order = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1))
-            noise_gen = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch, 2))
+            streams.seed_global(seed, "augment", epoch)
+            order = streams.generator(seed, "shuffle", epoch)
+            noise_gen = streams.generator(seed, "train", epoch, device=device)
             loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=order, num_workers=workers,
                                 drop_last=False)
             model.train()
@@ -123,7 +119,7 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int, out, *, seed: i
             test_accuracy = float("nan")
             if evaluate:
                 test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers)
-                eval_gen = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch, 3))
+                eval_gen = streams.generator(seed, "evaluate", epoch, device=device)
                 test_accuracy = _noisy_accuracy(model, test_loader, noise_sd, device, eval_gen)
             save_checkpoint(checkpoint_path, model, arch, dataset, noise_sd, epoch + 1, optimizer)
             append_epoch_row(log_path, _LOG_COLUMNS, (epoch + 1, current_lr, loss_sum / seen, correct / seen,

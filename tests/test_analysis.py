@@ -364,11 +364,36 @@ def test_curves_summary_and_stride_helpers():
     assert summary.loc[100, "top1_accuracy"] == pytest.approx(0.6)
     assert summary.loc[100, "abstain"] == pytest.approx(0.2)
     hp = high_probability_curve(log, [0.0, 0.5], alpha=0.001, rho=0.01)
-    assert np.all(hp["high_probability"] < hp["approximate"]) and hp["approximate"].tolist() == [0.6, 0.4]
+    assert np.all(hp["bernstein"] < hp["approximate"]) and hp["approximate"].tolist() == [0.6, 0.4]
     bc = bound_curves(1.0, [0.9, 0.99])
     at = bc.set_index(["bound", "p_a"])["radius"]
     assert at[("Cohen et al.", 0.99)] == pytest.approx(2.326, abs=1e-3)
     assert at[("Lecuyer et al.", 0.99)] < at[("Li et al.", 0.99)] < at[("Cohen et al.", 0.99)]
+
+
+def test_high_probability_curve_has_both_forms():
+    # Cohen et al. 2019, App. D, Thm. 6 (Fig. 14): the approximate accuracy and, below it, the
+    # Bernstein and exact binomial 1 - rho lower bounds for n = the log's rows.
+    from scipy.stats import binom
+
+    from rsbook.analysis import high_probability_curve
+
+    n = 1000
+    rng = np.random.default_rng(0)
+    log = pd.DataFrame({"radius": rng.uniform(0, 1, n), "correct": (rng.uniform(size=n) < 0.8).astype(int)})
+    radii = [0.0, 0.25, 0.5, 0.75]
+    hp = high_probability_curve(log, radii, alpha=0.01, rho=0.001)
+    assert list(hp.columns) == ["radius", "approximate", "bernstein", "exact"]
+    assert hp["radius"].tolist() == radii
+    assert hp["approximate"].to_numpy() == pytest.approx(certified_accuracy(log, radii).to_numpy())
+    assert np.all(hp["bernstein"] <= hp["exact"]) and np.all(hp["exact"] < hp["approximate"])
+    # the exact form sits q/n below, with q the smallest count that Bin(n, alpha) exceeds w.p. <= rho
+    shift = (hp["approximate"] - hp["exact"]).to_numpy() * n
+    assert np.allclose(shift, shift[0]) and binom.sf(round(shift[0]), n, 0.01) <= 0.001
+    assert binom.sf(round(shift[0]) - 1, n, 0.01) > 0.001
+    # a larger alpha lowers both bounds
+    looser = high_probability_curve(log, radii, alpha=0.02, rho=0.001)
+    assert np.all(looser["bernstein"] < hp["bernstein"]) and np.all(looser["exact"] < hp["exact"])
 
 
 def test_compare_only_judges_cells_the_paper_printed():

@@ -177,7 +177,8 @@ def test_metrics_of_section_5_2():
     frame = pd.DataFrame({"idx": [0, 1, 2, 3], "correct": [1, 1, 0, 1], "radius": [0.2, 0.6, 0.9, 0.0],
                           "proxy_radius": [0.3, 0.8, 1.0, 0.0]})
     reference = frame.assign(radius=[0.1, 0.7, 0.9, 0.0], proxy_radius=[0.1, 0.4, 1.0, 0.0], correct=[1, 1, 1, 0])
-    np.testing.assert_allclose(certified_accuracy(frame, [0.0, 0.2, 0.5, 1.0]), [0.75, 0.5, 0.25, 0.0])
+    # row 3 is correct with radius 0: no certificate, so it does not count even at r = 0 (certified_hits)
+    np.testing.assert_allclose(certified_accuracy(frame, [0.0, 0.2, 0.5, 1.0]), [0.5, 0.5, 0.25, 0.0])
     np.testing.assert_allclose(certified_accuracy(frame, [0.3], by="proxy_radius"), [0.5])
     assert average_certified_radius(frame) == pytest.approx(0.8 / 4)
     assert average_certified_radius(frame, "proxy_radius") == pytest.approx(1.1 / 4)

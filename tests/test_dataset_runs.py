@@ -4,10 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 
 from rsbook.data import load_dataset
-from rsbook.dataset_runs import certify_dataset, example_generator, predict_dataset, selected_indices
+from rsbook.dataset_runs import certify_dataset, predict_dataset, selected_indices
 from rsbook.logs import read_certify_log, read_manifest, read_predict_log
 from rsbook.models import load_checkpoint
 from rsbook.smooth import ABSTAIN, Smooth
@@ -29,14 +28,6 @@ def test_selection_follows_the_authors_skip_and_max():
     assert selected_indices(10, skip=1, max_index=40) == list(range(10))
     with pytest.raises(ValueError, match="skip"):
         selected_indices(10, skip=0)
-
-
-def test_example_generator_depends_on_seed_and_index_only():
-    a = torch.randn(5, generator=example_generator(0, 7))
-    b = torch.randn(5, generator=example_generator(0, 7))
-    c = torch.randn(5, generator=example_generator(0, 8))
-    d = torch.randn(5, generator=example_generator(1, 7))
-    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
 
 
 def test_certify_dataset_writes_the_log_and_manifest(tmp_path, digits_checkpoint):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rsbook.relax import SolverError, certify, margin_lower_bounds
-from rsbook.relax.certify import Certifier, certifier
+from rsbook.relax.certify import Certifier, ball_distance, certifier
 from rsbook.relax.dual import dual_margins, intermediate_bounds
 from rsbook.relax.geometry import ball_grid, halfplane_polygon, output_polytope, widest_unstable
 from rsbook.relax.lp import RelaxedProblem
@@ -307,6 +307,126 @@ def test_certify_is_relative_to_the_label_and_misclassified_inputs_are_no():
     assert certify(net, x, label, 0.0, "linf", "lp") == "YES"
 
 
+def threshold_net(threshold: float, dtype=torch.float64) -> nn.Sequential:
+    """Two classes on 2-D inputs, logits (0, x₁ − threshold): class 1 exactly where x₁ > threshold (at
+    x₁ = threshold the logits tie and torch.argmax returns the first maximum, class 0)."""
+    linear = nn.Linear(2, 2).to(dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+        linear.bias.copy_(torch.tensor([0.0, -threshold]))
+    return nn.Sequential(linear).eval()
+
+
+def native_distance(point, x, norm: str, dtype=torch.float32) -> torch.Tensor:
+    """‖point − x‖ computed in `dtype` (both rounded to it first)."""
+    delta = torch.as_tensor(point).to(dtype).reshape(-1) - torch.as_tensor(x).to(dtype).reshape(-1)
+    return delta.abs().max() if norm == "linf" else torch.linalg.vector_norm(delta)
+
+
+def assert_verified_witness(cert, witness, x, label, eps, norm):
+    """A NO's witness (slides, "Intermediate Summary"): inside the ball in float64 and in float32, exactly
+    the float32 point the network sees, and misclassified by the network run on it."""
+    assert witness is not None and witness.dtype == np.float64 and witness.shape == tuple(x.shape)
+    native = torch.as_tensor(witness).float()
+    assert np.array_equal(native.double().numpy(), witness)  # exactly representable in the network's dtype
+    assert ball_distance(witness, x, norm) <= eps  # float64
+    assert bool(native_distance(witness, x, norm) <= torch.tensor(eps, dtype=torch.float32))  # float32
+    with torch.no_grad():
+        assert int(cert.net(native[None]).argmax()) != label
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_an_argmin_misclassified_only_outside_the_ball_is_not_a_no(monkeypatch, norm):
+    """Slides, "Intermediate Summary": a NO needs a point of the ball that the network misclassifies,
+    and the LP argmin x̃ is only a candidate. The decision boundary x₁ = ε + 1e-8 lies just outside the
+    ball around 0, so the bound (1e-8) is not above the tolerance and x̃ gets checked; the solver's x̃
+    is pushed out by a factor 1 + 1e-6 (Clarabel's ℓ₂ argmins lie outside by up to about 1e-9, HiGHS's
+    by its feasibility tolerance), where the network does misclassify it. Projected back into the
+    ball it is classified correctly: MAYBE, never NO (the unchecked x̃ used to give NO)."""
+    eps = 0.1
+    net, x = threshold_net(eps + 1e-8), torch.zeros(2, dtype=torch.float64)
+    solve = RelaxedProblem.solve
+
+    def outside(self, centre, radius, bounds, direction, time_limit=None):
+        value, argmin = solve(self, centre, radius, bounds, direction, time_limit)
+        return value, centre + (argmin - centre) * (1 + 1e-6)
+
+    monkeypatch.setattr(RelaxedProblem, "solve", outside)
+    cert = Certifier(net, (2,))
+    _, argmins = cert.margin_lower_bounds(x, 0, eps, norm, "lp", return_argmin=True)
+    assert ball_distance(argmins[1], x, norm) > eps  # the defect's setting: x̃ outside, misclassified there
+    assert bool(cert.misclassified(torch.as_tensor(argmins[1])[None], 0)[0])
+    assert cert.witness(argmins[1], x, 0, eps, norm) is None
+    for method in ("lp", "milp") if norm == "linf" else ("lp",):
+        answer, margin, _ = cert.decide(x, 0, eps, norm, method)
+        assert answer == "MAYBE" and margin <= 1e-6
+        assert cert.certify(x, 0, eps, norm, method, attack_steps=10, generator=torch.Generator().manual_seed(0),
+                            return_witness=True) == ("MAYBE", None)
+
+
+def test_a_float32_point_rounded_out_of_the_ball_is_not_a_no():
+    """Slides, "Intermediate Summary": a NO needs a point of the ball that the network misclassifies.
+    A float32 network, x = (1, 0), ℓ∞ radius 0.1: the float32 numbers nearest 1.1 are t < 1.1 <
+    float32(1.1), and the boundary sits at t, so every float32 point the network misclassifies lies
+    outside the ball. The LP's argmin (x₁ = 1.1) and PGD's x + float32(0.1) both round to float32(1.1)
+    when the network runs on them, and used to answer NO; checked in float64 and float32 they are
+    outside, and shrunk into the ball they are classified correctly: MAYBE."""
+    eps, edge = 0.1, np.float32(1.1)
+    threshold = float(np.nextafter(edge, np.float32(0)))
+    assert threshold < 1.1 < float(edge)
+    net, x = threshold_net(threshold, torch.float32), torch.tensor([1.0, 0.0])
+    cert = Certifier(net, (2,))
+    _, argmins = cert.margin_lower_bounds(x, 0, eps, "linf", "lp", return_argmin=True)
+    seen = torch.as_tensor(argmins[1]).float()  # what the network runs on
+    assert bool(cert.misclassified(seen[None], 0)[0]) and ball_distance(seen, x, "linf") > eps
+    for method in ("lp", "milp"):
+        for steps in (0, 10):
+            assert cert.certify(x, 0, eps, "linf", method, attack_steps=steps, attack_restarts=4,
+                                generator=torch.Generator().manual_seed(0)) == "MAYBE"
+    assert not cert.attack(x, 0, eps, "linf", steps=10, restarts=4, generator=torch.Generator().manual_seed(0))
+    # just beyond the boundary's float32 neighbour the ball does hold a misclassified float32 point
+    wider = float(edge) - 1.0 + 1e-9
+    answer, witness = cert.certify(x, 0, wider, "linf", "lp", attack_steps=0, return_witness=True)
+    assert answer == "NO"
+    assert_verified_witness(cert, witness, x, 0, wider, "linf")
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_every_no_has_a_witness_inside_the_ball_that_the_network_misclassifies(norm):
+    """Slides, "Intermediate Summary": a NO needs a point of the ball that the network misclassifies.
+    On random float32 networks, every NO — from x itself (a wrong label), the LP / MILP argmin, or PGD —
+    comes with a witness inside the ball in float64 and in float32 that the network misclassifies."""
+    methods = ("ibp", "lp", "milp") if norm == "linf" else ("ibp", "lp")
+    radii = (0.1, 0.3, 1.0) if norm == "linf" else (0.15, 0.45, 1.5)
+    sources = {"x": 0, "relaxation": 0, "pgd": 0}
+    for seed in range(6):
+        net = random_net(seed, (2, 12, 12, 3)).float()
+        x = point(seed).float()
+        cert = Certifier(net, (2,))
+        predicted = prediction(net, x)
+        for label in (predicted, (predicted + 1) % 3):
+            for eps in radii:
+                for method in methods:
+                    answers = {}
+                    for steps in (0, 10):
+                        answers[steps], witness = cert.certify(x, label, eps, norm, method, attack_steps=steps,
+                                                               generator=torch.Generator().manual_seed(seed),
+                                                               return_witness=True)
+                        if answers[steps] == "NO":
+                            assert_verified_witness(cert, witness, x, label, eps, norm)
+                        else:
+                            assert witness is None
+                    if answers[0] == "NO":
+                        sources["x" if label != predicted else "relaxation"] += 1
+                    elif answers[10] == "NO":
+                        sources["pgd"] += 1
+                found = cert.attack_witness(x, label, eps, norm, steps=20, restarts=4,
+                                            generator=torch.Generator().manual_seed(seed))
+                if found is not None:
+                    assert_verified_witness(cert, found, x, label, eps, norm)
+    assert all(sources.values())  # each source of a NO is exercised
+
+
 # ------------------------------------------------------------------ compiled once (DPP), re-solved
 
 @pytest.mark.parametrize("norm, integer", [("linf", False), ("l2", False), ("linf", True)])
@@ -499,6 +619,9 @@ def test_certify_examples_is_resumable_and_its_shortcuts_agree_with_direct_answe
         assert cert.certify(x, label, row.eps, "linf", "milp", attack_steps=0) != "YES"  # no YES was missed
     solved = results[(results["method"] == "milp") & results["solved"]]
     assert len(solved) > 0  # the exact method decided something the shortcuts could not
+    refuted = results[results["answer"] == "NO"]  # every NO row records its verified witness's distance
+    assert len(refuted) and bool((refuted["witness_distance"] <= refuted["eps"]).all())
+    assert results.loc[results["answer"] != "NO", "witness_distance"].isna().all()
     table = certified_accuracy_table(results, ("ibp", "dual", "lp", "milp"))
     assert np.all(table.loc["ibp"] <= table.loc["lp"] + 1e-12) and np.all(table.loc["dual"] <= table.loc["lp"] + 1e-12)
     assert np.all(table.loc["lp"] <= table.loc["milp"] + 1e-12)
@@ -527,3 +650,19 @@ def test_flatten_index_joins_row_levels():
     flat = flatten_index(frame)
     assert list(flat.index) == ["standard / 0.5", "dual / 1"] and flat.index.name == "model / ε"
     assert flat["a"].tolist() == [1.0, 2.0]
+
+
+def test_instructive_point_always_has_a_triangle_to_draw():
+    """The chapter draws the triangle relaxation of one unstable ReLU at the chosen point; a point whose
+    ball leaves every ReLU stable has none (the smoke build once picked such a point and failed)."""
+    from rsbook.relax.geometry import instructive_point
+
+    net = train_model_quick(two_moons(200, seed=1))
+    data = two_moons(24, seed=5)
+    cert = Certifier(net, (2,))
+    for eps in (0.05, 0.25):
+        idx = instructive_point(net, data, eps, "linf", candidates=24)
+        lower, upper = widest_unstable(cert.bounds(data[idx][0], eps, "linf", "ibp+dual"))[2:]
+        assert lower < 0 < upper
+    with pytest.raises(ValueError, match="unstable ReLU"):
+        instructive_point(net, data, 1e-9, "linf", candidates=24)

@@ -15,6 +15,16 @@ not classify as c* — x itself, the relaxation's argmin x̃ (slides, "Intermedi
 attack (rsbook.attacks.pgd); MAYBE otherwise. With `label` the network's prediction at x these are
 the slides' answers; with the true label, YES certifies a correct and robust prediction.
 
+Every NO comes with a verified witness (`Certifier.witness`, the one check all three sources go
+through): the candidate is projected onto the ball (clipped to [x − ε, x + ε] for ℓ∞, δ rescaled to
+norm ε for ℓ₂ when it lies outside; the solvers' argmins lie outside by their feasibility tolerance,
+and a float32 cast can push a point out again), shrunk towards x until it lies inside the ball both
+in float64 (the exact value of the point the network sees) and in the network's dtype, and then run
+through the network in its own dtype; only if that gives a class other than c* is the answer NO,
+otherwise the candidate is dropped (MAYBE, or the next candidate). The ball is the whole threat
+model: no input-domain box (e.g. [0, 1] pixels) constrains the LP, the MILP or the attack, so none
+constrains the witness either.
+
 Ordering (tested): ibp ≤ lp ≤ milp = m*_t when the LP uses intermediate bounds inside the interval
 ones; dual ≤ lp with the same intermediate bounds.
 
@@ -40,7 +50,7 @@ from rsbook.relax.lp import RelaxedProblem, SolverError
 from rsbook.relax.network import AffineNetwork, affine_network, network_fingerprint
 
 __all__ = ["METHODS", "INTERMEDIATE", "DEFAULT_BOUNDS", "ANSWERS", "Certifier", "certifier", "margin_lower_bounds",
-           "certify", "SolverError"]
+           "certify", "ball_distance", "SolverError"]
 
 METHODS = ("ibp", "dual", "lp", "milp")
 INTERMEDIATE = (*BOUND_KINDS, "lp")
@@ -52,6 +62,25 @@ ANSWERS = ("YES", "MAYBE", "NO")
 TOLERANCE = 1e-6
 """A margin bound must exceed this to count as positive: the solvers' optima carry feasibility
 tolerances of about 1e-7, and the network runs in float32."""
+SHRINK = 1e-7
+"""First relative step by which `Certifier.witness` shrinks a projected candidate towards x when it
+rounds outside the ball (doubled at each further try)."""
+_SHRINK_TRIES = 24  # SHRINK · 2^23 < 1: the last try still keeps the candidate's direction
+
+
+def ball_distance(point, x, norm: str) -> float:
+    """‖point − x‖ in `norm` ('linf' or 'l2'), computed in float64 on the CPU (any shapes with the
+    same number of entries)."""
+    norm = _check_norm(norm)
+    delta = torch.as_tensor(point).detach().to("cpu", torch.float64).reshape(-1) - \
+        torch.as_tensor(x).detach().to("cpu", torch.float64).reshape(-1)
+    return _norm(delta, norm)
+
+
+def _norm(delta: torch.Tensor, norm: str) -> float:
+    if delta.numel() == 0:
+        return 0.0
+    return float(delta.abs().max() if norm == "linf" else torch.linalg.vector_norm(delta))
 
 
 def _check_norm(norm: str) -> str:
@@ -218,30 +247,87 @@ class Certifier:
         with torch.no_grad():
             return (self.net(points.to(parameter.device, parameter.dtype)).argmax(1) != label).cpu()
 
-    def attack(self, x, label, eps, norm: str, steps: int = 40, restarts: int = 1, generator=None) -> bool:
-        """Whether PGD (rsbook.attacks.pgd, `restarts` random starts of `steps` steps, drawn from
-        `generator`) finds a point of the ε-ball that the network classifies other than label (x itself
-        counts). steps = 0: only x is checked."""
+    def witness(self, candidate, x, label, eps, norm: str = "linf"):
+        """A verified counterexample built from `candidate`, or None (slides, "Intermediate Summary": a
+        NO needs a point of the ε-ball that the network misclassifies). Every NO of this class goes
+        through here: x itself, an LP / MILP argmin x̃, a PGD example.
+
+        candidate: any point with x's number of entries. It is projected onto the ball around x —
+        clipped to [x − ε, x + ε] (ℓ∞), its offset rescaled to norm ε when longer (ℓ₂); a point already
+        inside is kept as it is — and cast to the network's dtype; while the result lies outside the
+        ball, the offset is shrunk towards x by a factor 1 − SHRINK · 2^k (k = 0, 1, …).
+
+        Guarantee when a point w is returned: w lies in the ball by each of three checks — ‖w − x‖ ≤ ε
+        in float64 on the exact values the network sees, the same for the float64 point before the
+        cast, and ‖w − x‖ ≤ ε computed in the network's dtype — and the network, run on w in its own
+        dtype, gives a class other than label. w is a float64 numpy array of x's shape whose entries
+        are exactly representable in the network's dtype. None: no such point was found (for instance
+        the candidate is misclassified only outside the ball), so the candidate refutes nothing."""
+        label, norm, eps = self._label(label), _check_norm(norm), _check_eps(eps)
+        centre = self._x(x)[0]
+        point = torch.as_tensor(candidate).detach().to("cpu", torch.float64).reshape(-1)
+        if point.numel() != centre.numel():
+            raise ValueError(f"candidate must have {centre.numel()} entries like x, got {point.numel()}")
+        if not bool(torch.isfinite(point).all()):
+            return None
+        delta = point - centre
+        if norm == "linf":
+            delta = delta.clamp(-eps, eps)
+        elif _norm(delta, norm) > eps:
+            delta = delta * (eps / _norm(delta, norm))
+        if _norm(point - centre, norm) > eps:
+            point = centre + delta
+        dtype = next(self.net.parameters()).dtype
+        for k in range(_SHRINK_TRIES + 1):
+            if k:
+                delta = delta * (1.0 - SHRINK * 2.0 ** (k - 1))
+                point = centre + delta
+            cast = point.to(dtype)
+            if _inside(point, cast, centre, eps, norm):
+                break
+        else:
+            return None
+        if not bool(self.misclassified(cast.reshape(1, *self.input_shape), label)[0]):
+            return None
+        return cast.to(torch.float64).reshape(self.input_shape).numpy()
+
+    def attack_witness(self, x, label, eps, norm: str, steps: int = 40, restarts: int = 1, generator=None):
+        """A verified witness (`witness`) from x itself or, failing that, from PGD
+        (rsbook.attacks.pgd, `restarts` random starts of `steps` steps, drawn from `generator`), or
+        None. steps = 0 or eps = 0: only x is tried."""
         label, norm, eps = self._label(label), _check_norm(norm), _check_eps(eps)
         restarts = check_positive_int(restarts, "restarts")
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        found = self.witness(x, x, label, eps, norm)
+        if found is not None or eps == 0 or steps == 0:
+            return found
         parameter = next(self.net.parameters())
-        x = torch.as_tensor(x).to(parameter.device, parameter.dtype)
-        if eps == 0 or steps == 0:
-            return bool(self.misclassified(x[None], label)[0])
-        batch = x[None].expand(restarts, *x.shape).contiguous()
-        labels = torch.full((restarts,), label, dtype=torch.long)
+        start = torch.as_tensor(x).to(parameter.device, parameter.dtype)
+        batch = start[None].expand(restarts, *start.shape).contiguous()
+        labels = torch.full((restarts,), label, dtype=torch.long, device=parameter.device)
         adversarial = pgd(self.net, batch, labels, eps, norm=norm, steps=steps, random_start=True,
                           generator=generator)
-        return bool(self.misclassified(adversarial, label).any()) or bool(self.misclassified(x[None], label)[0])
+        wrong = self.misclassified(adversarial, label)
+        for candidate in adversarial[wrong.to(adversarial.device)]:
+            found = self.witness(candidate, x, label, eps, norm)
+            if found is not None:
+                return found
+        return None
+
+    def attack(self, x, label, eps, norm: str, steps: int = 40, restarts: int = 1, generator=None) -> bool:
+        """Whether x itself or PGD (`restarts` random starts of `steps` steps, drawn from `generator`)
+        gives a verified witness (`attack_witness`, `witness`): a point of the ε-ball that the network
+        classifies other than label. steps = 0: only x is checked."""
+        return self.attack_witness(x, label, eps, norm, steps, restarts, generator) is not None
 
     def decide(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None,
                time_limit: float | None = None, tolerance: float = TOLERANCE):
-        """The relaxation's part of an answer, without an attack: (answer, margin, argmin) with answer
-        'YES' (every target's bound > tolerance), 'NO' (x, or the argmin x̃ of a target whose bound is
-        not > tolerance, is misclassified) or 'MAYBE'; margin is the smallest margin bound found;
-        argmin is that x̃ or None.
+        """The relaxation's part of an answer, without an attack: (answer, margin, point) with answer
+        'YES' (every target's bound > tolerance; point None), 'NO' (x, or the argmin x̃ of a target
+        whose bound is not > tolerance, gives a verified witness; point is that witness, see
+        `witness`) or 'MAYBE' (point: that x̃ as the solver returned it, unchecked, or None); margin is
+        the smallest margin bound found (−inf when x itself is the witness).
 
         Cheaper bounds screen the targets: with the intermediate bounds B the method uses, the interval
         and dual bounds with the same B are ≤ the LP's (rsbook.relax.dual, weak duality) and the LP's
@@ -251,9 +337,9 @@ class Certifier:
         norm, eps = _check_norm(norm), _check_eps(eps)
         method = _check_method(method, norm)
         label = self._label(label)
-        xt = self._x(x)
-        if bool(self.misclassified(xt.reshape(1, *self.input_shape), label)[0]):
-            return "NO", -np.inf, None
+        found = self.witness(x, x, label, eps, norm)
+        if found is not None:
+            return "NO", -np.inf, found
         resolved = self._resolve_bounds(x, eps, norm, method, bounds, time_limit)
         if method in ("ibp", "dual"):
             margin = float(np.min(self.margin_lower_bounds(x, label, eps, norm, method, resolved)))
@@ -270,23 +356,43 @@ class Certifier:
                                                           time_limit=time_limit, return_argmin=True)
                 best[t] = max(best[t], value[t])
                 if not best[t] > tolerance:
-                    if bool(self.misclassified(torch.as_tensor(argmins[t])[None], label)[0]):
-                        return "NO", float(best[t]), argmins[t]  # x̃ is a real counterexample
+                    found = self.witness(argmins[t], x, label, eps, norm)
+                    if found is not None:
+                        return "NO", float(best[t]), found  # x̃, projected into the ball, is a real counterexample
                     if level == method:
                         return "MAYBE", float(best[t]), argmins[t]
         return "YES", float(np.min(best)), None
 
     def certify(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None, attack_steps: int = 40,
                 attack_restarts: int = 1, generator=None, time_limit: float | None = None,
-                tolerance: float = TOLERANCE) -> str:
+                tolerance: float = TOLERANCE, return_witness: bool = False):
         """'YES' | 'MAYBE' | 'NO' for the ε-ball around x (module docstring): `decide`, then, when it
         is MAYBE, PGD with attack_steps (0: no attack) and attack_restarts from `generator`.
+
+        Guarantee: a NO always has a verified witness (`witness`; slides, "Intermediate Summary"): a
+        point w with ‖w − x‖ ≤ ε, checked in float64 and in the network's dtype, that the network run in
+        its own dtype classifies other than label. With return_witness, returns (answer, w), w (a
+        float64 numpy array of x's shape) for a NO and None otherwise.
         Raises SolverError (never an answer) when a solver fails or reaches time_limit."""
-        answer, _, _ = self.decide(x, label, eps, norm, method, bounds, time_limit, tolerance)
-        if answer == "MAYBE" and attack_steps and self.attack(x, label, eps, norm, attack_steps, attack_restarts,
-                                                               generator):
-            return "NO"
-        return answer
+        answer, _, point = self.decide(x, label, eps, norm, method, bounds, time_limit, tolerance)
+        found = point if answer == "NO" else None
+        if answer == "MAYBE" and attack_steps:
+            found = self.attack_witness(x, label, eps, norm, attack_steps, attack_restarts, generator)
+            answer = "NO" if found is not None else answer
+        return (answer, found) if return_witness else answer
+
+
+def _inside(point: torch.Tensor, cast: torch.Tensor, centre: torch.Tensor, eps: float, norm: str) -> bool:
+    """Whether the float64 point, and its cast to the network's dtype, lie in the ball around centre
+    (float64): ‖point − centre‖ ≤ ε and ‖cast − centre‖ ≤ ε in float64, and ‖cast − centre‖ ≤ ε
+    computed in the cast's dtype (centre and ε rounded to it)."""
+    if _norm(point - centre, norm) > eps or _norm(cast.to(torch.float64) - centre, norm) > eps:
+        return False
+    native = cast - centre.to(cast.dtype)
+    if native.numel() == 0:
+        return True
+    length = native.abs().max() if norm == "linf" else torch.linalg.vector_norm(native)
+    return bool(length <= torch.tensor(eps, dtype=cast.dtype))
 
 
 _CERTIFIERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -314,8 +420,10 @@ def margin_lower_bounds(net, x, label, eps, norm: str = "linf", method: str = "l
 
 
 def certify(net, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None, attack_steps: int = 40,
-            generator=None, time_limit: float | None = None) -> str:
-    """'YES' | 'MAYBE' | 'NO' (Certifier.certify) with the network's cached Certifier."""
+            generator=None, time_limit: float | None = None, return_witness: bool = False):
+    """'YES' | 'MAYBE' | 'NO' (Certifier.certify) with the network's cached Certifier. A NO always has
+    a verified witness: a point of the ε-ball (checked in float64 and in the network's dtype) that the
+    network misclassifies (Certifier.witness); return_witness: return (answer, witness or None)."""
     return certifier(net, torch.as_tensor(x).shape).certify(x, label, eps, norm, method, bounds,
                                                             attack_steps=attack_steps, generator=generator,
-                                                            time_limit=time_limit)
+                                                            time_limit=time_limit, return_witness=return_witness)

@@ -6,10 +6,14 @@ adversarial example, else MAYBE), so that for each radius
 
     certified accuracy (share of YES)  ≤  robust accuracy  ≤  1 − share of NO (PGD and argmin)
 
+Every NO rests on a verified witness (rsbook.relax.certify.Certifier.witness: a point checked inside
+the ball in float64 and in the network's dtype, which the network misclassifies); its float64 distance
+from x in the ball's norm is the row's `witness_distance` (NaN for the other answers).
+
 Work is skipped only where the answer is implied, never guessed:
-  * a point of the ball classified other than the label (x itself, a PGD example, an LP / MILP argmin)
-    answers NO for every method at this radius and at every larger radius of the grid (the point
-    lies in the larger balls too);
+  * a witness (x itself, a PGD example, an LP / MILP argmin projected into the ball) answers NO for
+    every method at this radius and at every larger radius of the grid (the point lies in the larger
+    balls too; its distance is recorded on each such row);
   * an LP (or MILP) whose intermediate bounds lie inside the interval bounds answers YES when 'ibp'
     did, and one whose bounds lie inside the dual bounds ('ibp+dual', 'lp') when 'dual' did
     (ibp ≤ lp and dual ≤ lp, rsbook.relax.certify); the MILP is exact, so any YES implies its YES.
@@ -27,10 +31,11 @@ import torch
 from tqdm import tqdm
 
 from rsbook.analysis import certified_accuracy
-from rsbook.dataset_runs import certify_dataset, example_generator, selected_indices
+from rsbook import streams
+from rsbook.dataset_runs import certify_dataset, selected_indices
 from rsbook.experiments import run_folder
 from rsbook.logs import ResultsTable, begin_run, finish_manifest, read_certify_log
-from rsbook.relax.certify import DEFAULT_BOUNDS, METHODS, Certifier
+from rsbook.relax.certify import DEFAULT_BOUNDS, METHODS, Certifier, ball_distance
 from rsbook.relax.interval import NORMS
 from rsbook.relax.lp import SolverError
 from rsbook.smooth import Smooth
@@ -40,7 +45,8 @@ __all__ = ["RESULT_COLUMNS", "certify_examples", "run_certification", "answer_sh
            "smoothing_curve", "smoothing_curves", "smoothing_table", "relaxation_curve", "relaxation_curves",
            "compare_bounds", "flatten_index"]
 
-RESULT_COLUMNS = ("idx", "label", "norm", "eps", "method", "answer", "margin", "seconds", "solved", "status")
+RESULT_COLUMNS = ("idx", "label", "norm", "eps", "method", "answer", "margin", "seconds", "solved", "status",
+                  "witness_distance")
 _INSIDE = {"ibp": {"ibp"}, "dual": {"dual"}, "ibp+dual": {"ibp", "dual", "ibp+dual"},
            "lp": {"ibp", "dual", "ibp+dual", "lp"}}
 """_INSIDE[a]: the kinds of intermediate bounds that the bounds of kind a always lie inside."""
@@ -96,33 +102,38 @@ def certify_examples(net, dataset, eps_grid, norm: str, methods=METHODS, *, out,
     for idx in tqdm([i for i in indices if i not in table.done], desc=f"certify {norm}", disable=not progress):
         x, label = dataset[idx]
         label = int(label)
-        generator = example_generator(seed, idx)
+        generator = streams.generator(seed, "attack", idx)
         rows = []
-        broken = bool(certifier.misclassified(torch.as_tensor(x)[None], label)[0])
+        witness = certifier.witness(x, x, label, 0.0, norm)  # x itself, when misclassified: in every ball
         for eps in eps_grid:
-            attacked = not broken
+            attacked = witness is None
             if attacked:
-                broken = certifier.attack(x, label, eps, norm, attack_steps, attack_restarts, generator)
+                witness = certifier.attack_witness(x, label, eps, norm, attack_steps, attack_restarts, generator)
+            broken = witness is not None
+            distance = _witness_distance(witness, x, norm)
             rows.append(dict(eps=eps, method="pgd", answer="NO" if broken else "MAYBE", margin=np.nan, seconds=0.0,
-                             solved=attacked, status=""))
+                             solved=attacked, status="", witness_distance=distance))
             yes = {}
             for method in methods:
                 limit = limits.get(method, {})
                 if position[idx] >= limit.get("examples", len(indices)) or \
                         ("eps" in limit and not any(np.isclose(eps, limit["eps"]))):
                     continue
-                row = dict(eps=eps, method=method, margin=np.nan, seconds=0.0, solved=False, status="")
+                row = dict(eps=eps, method=method, margin=np.nan, seconds=0.0, solved=False, status="",
+                           witness_distance=np.nan)
                 if broken:
-                    row["answer"] = "NO"
+                    row.update(answer="NO", witness_distance=distance)
                 elif _implied_yes(method, kinds, yes):
                     row["answer"] = "YES"
                 else:
                     started = time.perf_counter()
                     try:
-                        answer, margin, argmin_broken = _answer(certifier, x, label, eps, norm, method, kinds[method],
-                                                                time_limit)
+                        answer, margin, found = _answer(certifier, x, label, eps, norm, method, kinds[method],
+                                                        time_limit)
                         row.update(answer=answer, margin=margin, solved=True)
-                        broken = broken or argmin_broken  # the argmin also lies in every larger ball
+                        if found is not None:  # a verified witness, which also lies in every larger ball
+                            witness, broken = found, True
+                            distance = row["witness_distance"] = _witness_distance(witness, x, norm)
                     except SolverError as err:
                         row.update(answer="ERROR", status=err.status, solved=True)
                     row["seconds"] = time.perf_counter() - started
@@ -134,9 +145,14 @@ def certify_examples(net, dataset, eps_grid, norm: str, methods=METHODS, *, out,
 
 
 def _answer(certifier: Certifier, x, label: int, eps: float, norm: str, method: str, kind: str, time_limit):
-    """(answer, smallest margin bound found, whether an argmin was misclassified), without an attack."""
-    answer, margin, argmin = certifier.decide(x, label, eps, norm, method, kind, time_limit)
-    return answer, margin, answer == "NO" and argmin is not None
+    """(answer, smallest margin bound found, the verified witness of a NO or None), without an attack."""
+    answer, margin, point = certifier.decide(x, label, eps, norm, method, kind, time_limit)
+    return answer, margin, point if answer == "NO" else None
+
+
+def _witness_distance(witness, x, norm: str) -> float:
+    """The witness's float64 distance from x in `norm` (rsbook.relax.certify.ball_distance); NaN for None."""
+    return np.nan if witness is None else ball_distance(witness, x, norm)
 
 
 def answer_shares(results: pd.DataFrame) -> pd.DataFrame:
@@ -260,7 +276,8 @@ def run_certification(root, name: str, net, dataset, eps_grid, norm: str, method
     from rsbook.relax.network import network_fingerprint
 
     parameters = {"network": network_fingerprint(net), "eps": sorted(float(e) for e in eps_grid), "norm": norm,
-                  "methods": list(methods), **{k: v for k, v in kwargs.items() if k != "progress"}}
+                  "methods": list(methods), "columns": list(RESULT_COLUMNS),
+                  **{k: v for k, v in kwargs.items() if k != "progress"}}
     folder = run_folder(root, "relax", f"{name}_{norm}", parameters)
     return certify_examples(net, dataset, eps_grid, norm, methods, out=folder, **kwargs)
 

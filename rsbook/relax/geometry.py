@@ -116,17 +116,20 @@ def decision_grid(net, points, margin: float = 0.3, resolution: int = 200) -> di
 def instructive_point(net, dataset, eps: float, norm: str = "linf", candidates: int = 40,
                       bounds: str = "ibp+dual") -> int:
     """The index, among the first `candidates` examples of a 2-D dataset that the network classifies
-    correctly, of the one that best shows the price of the relaxation: the exact (MILP) worst-case
-    margin is positive but the LP's lower bound is not, with the largest gap; failing that, the one
-    with the smallest positive exact margin; failing that, the first correctly classified one."""
+    correctly and whose ε-ball leaves at least one ReLU unstable (else there is nothing to relax), of
+    the one that best shows the price of the relaxation: the exact (MILP) worst-case margin is
+    positive but the LP's lower bound is not, with the largest gap; failing that, the one with the
+    smallest positive exact margin; failing that, the first such example."""
     certifier = Certifier(net, (2,))
     best, fallback, first = None, None, None
     for idx in range(min(candidates, len(dataset))):
         x, label = dataset[idx]
         if bool(certifier.misclassified(torch.as_tensor(x)[None], int(label))[0]):
             continue
-        first = idx if first is None else first
         resolved = certifier.bounds(x, eps, norm, bounds)
+        if not any(np.any((np.asarray(lo) < 0) & (np.asarray(up) > 0)) for lo, up in resolved):
+            continue
+        first = idx if first is None else first
         lp = float(np.min(certifier.margin_lower_bounds(x, int(label), eps, norm, "lp", resolved)))
         exact = float(np.min(certifier.margin_lower_bounds(x, int(label), eps, norm, "milp", resolved)))
         if exact > 0 >= lp and (best is None or exact - lp > best[1]):
@@ -137,5 +140,6 @@ def instructive_point(net, dataset, eps: float, norm: str = "linf", candidates: 
         if choice is not None:
             return int(choice[0])
     if first is None:
-        raise ValueError("no candidate example is classified correctly")
+        raise ValueError(f"none of the first {candidates} examples is classified correctly with an unstable ReLU "
+                         f"in its ball of radius {eps:g}; raise candidates or eps")
     return int(first)

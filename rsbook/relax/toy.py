@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from rsbook import streams
 from rsbook._checks import check_positive_int
 from rsbook.data import ArrayDataset, load_dataset, num_classes
 
 __all__ = ["two_moons", "TOY_SIZES", "chapter_dataset", "dataset_classes"]
 
 TOY_SIZES = {"train": 400, "test": 200}
-_TOY_STREAMS = {"train": 0, "test": 1}
 
 
-def two_moons(n: int, seed: int = 0, noise: float = 0.1) -> ArrayDataset:
+def two_moons(n: int, seed: int = 0, noise: float = 0.1, split: str = "train") -> ArrayDataset:
     """n points (x float32 (n, 2), labels int64 (n,)), half of each class (class 1 gets the odd one),
-    drawn from numpy's generator seeded with `seed`."""
+    drawn from the stream (seed, 'data', 'two_moons', split) (rsbook.streams)."""
     n = check_positive_int(n, "n")
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise!r}")
-    rng = np.random.default_rng(seed)
+    rng = streams.numpy_generator(seed, "data", "two_moons", split)
     labels = np.arange(n) % 2
     rng.shuffle(labels)
     theta = rng.uniform(0.0, np.pi, n)
@@ -35,13 +35,12 @@ def two_moons(n: int, seed: int = 0, noise: float = 0.1) -> ArrayDataset:
 
 
 def chapter_dataset(name: str, split: str = "test", seed: int = 0):
-    """'two_moons' (this module, TOY_SIZES points per split, streams seeded by (seed, split)) or any
+    """'two_moons' (this module, TOY_SIZES points per split, each split its own stream) or any
     rsbook.data dataset ('digits', 'cifar10', …)."""
     if name == "two_moons":
         if split not in TOY_SIZES:
             raise ValueError(f"split must be one of {tuple(TOY_SIZES)} for two_moons, got {split!r}")
-        stream = int(np.random.SeedSequence([seed, _TOY_STREAMS[split]]).generate_state(1)[0])
-        return two_moons(TOY_SIZES[split], seed=stream)
+        return two_moons(TOY_SIZES[split], seed=seed, split=split)
     return load_dataset(name, split)
 
 

@@ -25,13 +25,13 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from rsbook import streams
 from rsbook._checks import check_positive_int
 from rsbook._io import append_epoch_row, atomic_write, read_torch_dict, trim_epoch_rows
 from rsbook.logs import begin_run, finish_manifest
@@ -118,10 +118,6 @@ def robust_loss(net, x: torch.Tensor, labels: torch.Tensor, eps: float, norm: st
     return value, float(not_certified)
 
 
-def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0])
-
-
 def _save(path: Path, spec: dict, model, optimizer, epoch: int):
     payload = {"spec": spec, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
     with atomic_write(path, "wb") as out:
@@ -182,8 +178,8 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
             "hidden": [int(h) for h in hidden] if hidden is not None else None}
     parameters = {**spec, "mode": mode, "batch_size": batch_size, "lr": lr, "eps": float(eps), "norm": norm,
                   "ramp_epochs": int(ramp_epochs), "loss": loss, "bounds": bounds, "sigma": float(sigma)}
-    torch.manual_seed(_epoch_seed(seed, 0, 4))
-    model = build_model(arch, input_shape, num_classes, hidden).to(device)
+    with streams.seeded_global(seed, "init"):
+        model = build_model(arch, input_shape, num_classes, hidden).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     checkpoint, log = out / CHECKPOINT, out / TRAIN_LOG
     begin_run(out, parameters, seed=seed, device=device, epochs=epochs)
@@ -198,8 +194,8 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
     ramp_steps = int(ramp_epochs) * steps_per_epoch
     for epoch in range(start, epochs):
         started = time.perf_counter()
-        order = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 1))
-        noise = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch, 2))
+        order = streams.generator(seed, "shuffle", epoch)
+        noise = streams.generator(seed, "train", epoch, device=device)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
         model.train()
         totals = {"loss": 0.0, "error": 0.0, "robust": 0.0, "seen": 0}
