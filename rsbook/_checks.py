@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
+import torch
 
 
 def check_alpha(alpha, name: str = "alpha") -> float:
@@ -68,3 +70,46 @@ def check_num_classes(num_classes, name: str = "num_classes") -> int:
     if check_positive_int(num_classes, name) < 2:
         raise ValueError(f"{name} must be >= 2, got {num_classes!r}")
     return int(num_classes)
+
+
+def check_finite_real(value, name: str, *, minimum: float, strict: bool) -> float:
+    """A finite real number >= minimum (> minimum when strict)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value < minimum or (strict and value == minimum)):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_clip(clip):
+    """None, or a box (low, high) of two finite numbers with low < high; returned as floats."""
+    if clip is None:
+        return None
+    try:
+        low, high = clip
+    except (TypeError, ValueError):
+        raise ValueError(f"clip must be None or a pair (low, high), got {clip!r}") from None
+    for value in (low, high):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"clip must hold two finite numbers, got {clip!r}")
+    if not low < high:
+        raise ValueError(f"clip must satisfy low < high, got {clip!r}")
+    return float(low), float(high)
+
+
+def check_generator(generator, device) -> None:
+    """A torch.Generator (or None) on the same kind of device as the sampling: torch draws from a CUDA
+    generator only into CUDA tensors."""
+    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
+        raise ValueError(f"generator lives on {generator.device}, but sampling runs on {device}; "
+                         "create it with torch.Generator(device=...) on the sampling device")
+
+
+def check_model(model, what: str = "attacking") -> None:
+    """A callable base classifier; a torch module in training mode gets a warning (batch-norm and
+    dropout would make f depend on the batch)."""
+    if not callable(model):
+        raise ValueError(f"model must be callable, got {type(model).__name__}")
+    if isinstance(model, torch.nn.Module) and model.training:
+        warnings.warn(f"model is in training mode; batch-norm and dropout then make f depend on the batch. "
+                      f"Call .eval() before {what}.", stacklevel=3)

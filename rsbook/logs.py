@@ -12,6 +12,7 @@ Writers append one row at a time and flush it, so a run that is killed leaves on
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import pandas as pd
 from rsbook._io import atomic_write
 
 __all__ = [
+    "run_folder",
     "CERTIFY_COLUMNS",
     "PREDICT_COLUMNS",
     "LogFormatError",
@@ -412,3 +414,10 @@ def finish_manifest(run_dir) -> dict:
     manifest["end_time"] = _now()
     _write_json_atomic(Path(run_dir) / MANIFEST, manifest)
     return manifest
+
+
+def run_folder(root, kind: str, label: str, parameters: dict) -> Path:
+    """root/kind/<label>-<8 hex digits of the parameters' SHA-256>: one folder per parameter set,
+    so changing a parameter starts a new run instead of colliding with an immutable one."""
+    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(root) / kind / f"{label}-{digest}"

@@ -12,7 +12,13 @@ import warnings
 
 import torch
 
-from rsbook._checks import check_alpha, check_num_classes, check_positive_int, check_sigma
+from rsbook._checks import (
+    check_alpha,
+    check_generator,
+    check_num_classes,
+    check_positive_int,
+    check_sigma,
+)
 from rsbook.bounds import certified_gap
 from rsbook.stats import binomial_pvalue, clopper_pearson_lower
 
@@ -95,7 +101,7 @@ class Smooth:
         `rsbook.streams.certify_generators`.
         """
         x, finite = self._validate(x, generator, alpha, batch_size, n0=n0, n=n)
-        self._check_generator(estimate_generator)
+        check_generator(estimate_generator, self.device)
         estimate_generator = generator if estimate_generator is None else estimate_generator
         with torch.inference_mode():
             c_hat = self._count(x, n0, batch_size, generator).argmax()
@@ -124,7 +130,7 @@ class Smooth:
         if alpha is not None:
             check_alpha(alpha)
         check_positive_int(batch_size, "batch_size")
-        self._check_generator(generator)
+        check_generator(generator, self.device)
         return self._prepare(x)
 
     def _prepare(self, x):
@@ -149,13 +155,6 @@ class Smooth:
         if finite is not None and not host.pop():
             raise ValueError(_NOT_FINITE)
         return host
-
-    def _check_generator(self, generator):
-        if generator is not None and torch.device(generator.device).type != self.device.type:
-            raise ValueError(
-                f"generator lives on {generator.device}, but sampling runs on {self.device}; "
-                "create it with torch.Generator(device=...) on the sampling device"
-            )
 
     def _noise_buffer(self, x: torch.Tensor, size: int) -> torch.Tensor:
         layout = torch.channels_last if self.channels_last and x.dim() == 3 else torch.contiguous_format

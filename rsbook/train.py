@@ -23,10 +23,10 @@ from rsbook import streams
 from rsbook._checks import check_positive_int, check_seed, check_sigma
 from rsbook._io import append_epoch_row, trim_epoch_rows
 from rsbook.data import load_dataset, num_classes
-from rsbook.logs import run_manifest
+from rsbook.logs import run_folder, run_manifest
 from rsbook.models import build, load_checkpoint, save_checkpoint
 
-__all__ = ["train", "CHECKPOINT", "TRAIN_LOG"]
+__all__ = ["train", "train_models", "CHECKPOINT", "TRAIN_LOG"]
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.tsv"
@@ -130,3 +130,14 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int, out, *, seed: i
     return checkpoint_path
 
 
+def train_models(root, dataset: str, arch: str, sigmas, *, epochs: int, seed: int = 0, progress: bool = False,
+                 **train_kwargs) -> dict:
+    """Train (or resume training) one base classifier per noise level in `sigmas` with Gaussian
+    data augmentation (rsbook.train.train). Returns {sigma: checkpoint path}."""
+    checkpoints = {}
+    for sigma in sigmas:
+        parameters = {"dataset": dataset, "arch": arch, "noise_sd": float(sigma), "seed": seed, **train_kwargs}
+        folder = run_folder(root, "train", f"{arch}_{dataset}_noise{float(sigma):g}", parameters)
+        checkpoints[float(sigma)] = train(dataset, arch, sigma, epochs, folder, seed=seed, progress=progress,
+                                          **train_kwargs)
+    return checkpoints

@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from PIL import Image
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "mirror"

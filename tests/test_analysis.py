@@ -346,8 +346,13 @@ def test_significant_digits_of_printed_radii():
 
 
 def test_curves_summary_and_stride_helpers():
-    from rsbook.analysis import (bound_curves, certified_accuracy_curves, high_probability_curve, index_stride,
-                                 predict_summary)
+    from rsbook.analysis import (
+        bound_curves,
+        certified_accuracy_curves,
+        high_probability_curve,
+        index_stride,
+        predict_summary,
+    )
 
     log = pd.DataFrame({"idx": [0, 20, 40, 60, 100], "label": [1, 2, 3, 4, 5], "predict": [1, 2, -1, 0, 5],
                         "radius": [0.5, 0.25, 0.0, 0.75, 1.0], "correct": [1, 1, 0, 0, 1],

@@ -8,12 +8,17 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Linear2  # noqa: E402  (shared base classifiers)
 
-from rsbook.attacks import ATTACK_COLUMNS, attack_certified, attack_certify_log, pgd, smoothed_pgd
+from rsbook.attacks import pgd
+from rsbook.cohen.attacks import (
+    ATTACK_COLUMNS,
+    attack_certified,
+    attack_certify_log,
+    smoothed_pgd,
+)
 from rsbook.data import ArrayDataset
 from rsbook.smooth import ABSTAIN, Smooth
-
-from conftest import Linear2  # noqa: E402  (shared base classifiers)
 
 
 def _linear_setup(distance, dim=6, seed=0):

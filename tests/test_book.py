@@ -17,8 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import book  # noqa: E402  (tools/book.py, the build script)
 from conftest import glued_values  # noqa: E402
+
+import book  # noqa: E402  (tools/book.py, the build script)
 
 pytestmark = pytest.mark.slow
 

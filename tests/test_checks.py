@@ -5,9 +5,9 @@ import pytest
 from torch import nn
 
 from rsbook._checks import check_num_classes, check_seed
+from rsbook.ancer.toy import toy_classifier
 from rsbook.fars import SparsemaxSmooth
 from rsbook.smooth import Smooth
-from rsbook.toy2d import toy_classifier
 
 
 @pytest.mark.parametrize("good", [0, 7, np.int64(3)])

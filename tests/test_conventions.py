@@ -13,10 +13,13 @@ import pytest
 import torch
 from conftest import Constant
 
-from rsbook import analysis, anisotropic, fars, smooth
+from rsbook import analysis, smooth
+from rsbook.ancer import anisotropic
+from rsbook.ancer import metrics as ancer_metrics
 from rsbook.bounds import certified_gap
+from rsbook.cohen.topk import certified_topk_accuracy
+from rsbook.fars import certify as fars
 from rsbook.smooth import ABSTAIN, Smooth
-from rsbook.topk import certified_topk_accuracy
 
 
 def test_certified_gap_is_positive_or_abstains():
@@ -56,8 +59,8 @@ def test_certified_accuracy_at_zero_counts_certificates_not_bare_predictions():
     expected = [0.5, 0.5, 0.25]
     radii = [0.0, 0.3, 0.5]
     assert analysis.certified_accuracy(frame, radii).tolist() == expected
-    assert anisotropic.certified_accuracy(frame, radii).tolist() == expected
-    assert anisotropic.certified_accuracy(frame, radii, by="proxy_radius").tolist() == [0.5, 0.5, 0.25]
+    assert ancer_metrics.certified_accuracy(frame, radii).tolist() == expected
+    assert ancer_metrics.certified_accuracy(frame, radii, by="proxy_radius").tolist() == [0.5, 0.5, 0.25]
     topk_radii = np.where(frame["correct"] == 1, frame["radius"], 0.0)
     assert certified_topk_accuracy(topk_radii, np.array(radii)).tolist() == expected
 

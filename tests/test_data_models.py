@@ -1,7 +1,7 @@
 """Embedded datasets and checkpoints: shapes, fixed splits, the authors' 2-D model, clear errors."""
 
-import torch
 import pytest
+import torch
 
 from rsbook.data import load_dataset, num_classes
 from rsbook.models import build, load_checkpoint, save_checkpoint

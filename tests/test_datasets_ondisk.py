@@ -7,12 +7,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES, TEST_SIZE, TRAIN_SIZES, write_image_folder  # noqa: E402  (shared miniatures)
 from PIL import Image
 from torchvision import transforms
 
 from rsbook.data import input_shape, load_dataset, num_classes
-
-from conftest import CLASSES, TEST_SIZE, TRAIN_SIZES, write_image_folder  # noqa: E402  (shared miniatures)
 
 
 def test_cifar10_pixels_labels_and_shapes(cifar):

@@ -1,4 +1,4 @@
-"""rsbook.fars and rsbook.fars_experiments: sparsemax (FaRS Sec. 2.2), the exact certificate of a linear
+"""rsbook.fars and rsbook.fars.pipeline: sparsemax (FaRS Sec. 2.2), the exact certificate of a linear
 head against brute force, Proposition 1 end to end, the smoothed sparsemax head's certificate
 (coverage), margin training, the resumable runs, and the FaRS tables' layout (Tables 1 and 2)."""
 
@@ -11,14 +11,24 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from rsbook import fars_experiments as fx
 from rsbook import published
-from rsbook.fars import (FaRS, SparsemaxSmooth, build_head, carry_radius, empirical_bernstein_lower, hoeffding_lower,
-                         linear_certify, margin_logits, margin_radius, nearest_boundary_point, per_class_radius,
-                         sparsemax)
-from rsbook.lipschitz import sll_backbone
+from rsbook.fars import (
+    FaRS,
+    SparsemaxSmooth,
+    build_head,
+    carry_radius,
+    empirical_bernstein_lower,
+    hoeffding_lower,
+    linear_certify,
+    margin_logits,
+    margin_radius,
+    nearest_boundary_point,
+    per_class_radius,
+    sparsemax,
+)
+from rsbook.fars import pipeline as fx
+from rsbook.fars.lipschitz import sll_backbone
 from rsbook.smooth import ABSTAIN
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsbook.memory import MEMORY_STATUSES
+from rsbook.ancer.memory import MEMORY_STATUSES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -18,11 +18,22 @@ from torch import nn
 from rsbook.relax import SolverError, certify, margin_lower_bounds
 from rsbook.relax.certify import Certifier, ball_distance, certifier
 from rsbook.relax.dual import dual_margins, intermediate_bounds
-from rsbook.relax.geometry import ball_grid, halfplane_polygon, output_polytope, widest_unstable
+from rsbook.relax.geometry import (
+    ball_grid,
+    halfplane_polygon,
+    output_polytope,
+    widest_unstable,
+)
 from rsbook.relax.lp import RelaxedProblem
 from rsbook.relax.network import affine_network
 from rsbook.relax.toy import two_moons
-from rsbook.relax.training import epsilon_schedule, load_model, mlp, robust_loss, train_model
+from rsbook.relax.training import (
+    epsilon_schedule,
+    load_model,
+    mlp,
+    robust_loss,
+    train_model,
+)
 
 SEEDS = range(5)
 

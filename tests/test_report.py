@@ -11,7 +11,13 @@ import pytest
 
 from rsbook import published
 from rsbook.analysis import STATUSES
-from rsbook.report import COMPARISONS, ChapterRun, documents_without_tables, scoreboard, scoreboard_markdown
+from rsbook.report import (
+    COMPARISONS,
+    ChapterRun,
+    documents_without_tables,
+    scoreboard,
+    scoreboard_markdown,
+)
 
 EXACT, WITHIN, DIFFERS, MISSING = STATUSES
 PARAMS = {"seed": 0, "sigmas": [0.25, 0.5, 1.0], "max_rows": 50}

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import Constant, Linear2  # noqa: E402  (shared base classifiers)
 from scipy.stats import norm
 
 from rsbook.smooth import ABSTAIN, Smooth
-
-from conftest import Constant, Linear2  # noqa: E402  (shared base classifiers)
 
 
 def _linear_setup(distance):

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 from scipy.stats import binom, binomtest
 
-from rsbook.stats import (binomial_pvalue, clopper_pearson_lower, false_certification_quantile,
-                          high_probability_accuracy)
+from rsbook.stats import (
+    binomial_pvalue,
+    clopper_pearson_lower,
+    false_certification_quantile,
+    high_probability_accuracy,
+)
 
 
 @pytest.mark.parametrize("k, n, alpha", [(990, 1000, 0.001), (50, 100, 0.05), (1, 7, 0.1), (100000, 100000, 0.001),

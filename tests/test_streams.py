@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from rsbook import anisotropic_runs as ar
 from rsbook import streams
+from rsbook.ancer import pipeline as ar
 from rsbook.bounds import certified_gap
 from rsbook.smooth import Smooth
 from rsbook.stats import clopper_pearson_lower

@@ -15,7 +15,14 @@ Modules:
 The public entry points are re-exported here: margin_lower_bounds, certify, Certifier, SolverError.
 """
 
-from rsbook.relax.certify import ANSWERS, METHODS, Certifier, certifier, certify, margin_lower_bounds
+from rsbook.relax.certify import (
+    ANSWERS,
+    METHODS,
+    Certifier,
+    certifier,
+    certify,
+    margin_lower_bounds,
+)
 from rsbook.relax.lp import SolverError
 
 __all__ = ["margin_lower_bounds", "certify", "Certifier", "certifier", "SolverError", "METHODS", "ANSWERS"]

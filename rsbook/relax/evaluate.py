@@ -30,11 +30,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from rsbook.analysis import certified_accuracy
 from rsbook import streams
+from rsbook.analysis import certified_accuracy
 from rsbook.dataset_runs import certify_dataset, selected_indices
-from rsbook.experiments import run_folder
-from rsbook.logs import ResultsTable, begin_run, finish_manifest, read_certify_log
+from rsbook.logs import (
+    ResultsTable,
+    begin_run,
+    finish_manifest,
+    read_certify_log,
+    run_folder,
+)
 from rsbook.relax.certify import DEFAULT_BOUNDS, METHODS, Certifier, ball_distance
 from rsbook.relax.interval import NORMS
 from rsbook.relax.lp import SolverError
@@ -270,7 +275,7 @@ def relaxation_curve(results: pd.DataFrame, method: str) -> pd.Series:
 
 
 def run_certification(root, name: str, net, dataset, eps_grid, norm: str, methods=METHODS, **kwargs) -> pd.DataFrame:
-    """certify_examples into the run folder root/relax/<name>_<norm>-<digest> (rsbook.experiments.run_folder),
+    """certify_examples into the run folder root/relax/<name>_<norm>-<digest> (rsbook.logs.run_folder),
     the digest covering the network's weights and every setting, so a changed model or parameter
     starts a new run and an unchanged one resumes."""
     from rsbook.relax.network import network_fingerprint

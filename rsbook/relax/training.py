@@ -236,9 +236,9 @@ def train_models(root, dataset_name: str, dataset, arch: str, input_shape, num_c
     """Train (or resume) on `dataset` (named dataset_name) one network per entry of `models` ({name:
     train_model keyword arguments,
     e.g. {"mode": "dual", "eps": 0.1, "epochs": 20}}), each in its own run folder
-    root/train/<name>-<digest of its parameters> (rsbook.experiments.run_folder); `common` keyword
+    root/train/<name>-<digest of its parameters> (rsbook.logs.run_folder); `common` keyword
     arguments apply to every model unless overridden. Returns {name: checkpoint path}."""
-    from rsbook.experiments import run_folder
+    from rsbook.logs import run_folder
 
     checkpoints = {}
     for name, settings in models.items():

@@ -1,12 +1,18 @@
-"""rsbook.curvature: RANCER's rotation U (thesis Sec. 4.2, Algorithm 2): the Householder-stored
+"""rsbook.ancer.curvature: RANCER's rotation U (thesis Sec. 4.2, Algorithm 2): the Householder-stored
 orthogonal completion, the exact Hessian of the loss against its closed form, Hessian-vector
 products, and Lanczos against a dense eigendecomposition."""
 
 import pytest
 import torch
 
-from rsbook import curvature
-from rsbook.curvature import Rotation, hessian_vector_product, lanczos, loss_hessian, safe_directions
+from rsbook.ancer import curvature
+from rsbook.ancer.curvature import (
+    Rotation,
+    hessian_vector_product,
+    lanczos,
+    loss_hessian,
+    safe_directions,
+)
 
 
 @pytest.mark.parametrize("d, k", [(2, 2), (5, 2), (300, 4), (300, 300)])

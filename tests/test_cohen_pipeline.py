@@ -1,4 +1,4 @@
-"""The re-run pipelines (rsbook.experiments): one folder per parameter set, resumable steps, the
+"""The re-run pipelines (rsbook.cohen.pipeline): one folder per parameter set, resumable steps, the
 training-noise x certification-noise matrix, and the counts behind Figure 8 (middle and right)."""
 
 import time
@@ -8,15 +8,21 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from rsbook import experiments as ex
-from rsbook.analysis import certified_accuracy, counts_from_radius, resampled_certified_accuracy
+from rsbook.analysis import (
+    certified_accuracy,
+    counts_from_radius,
+    resampled_certified_accuracy,
+)
+from rsbook.cohen import pipeline as ex
+from rsbook.logs import run_folder
 from rsbook.stats import clopper_pearson_lower
+from rsbook.train import train_models
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("rerun")
-    checkpoints = ex.train_models(root, "digits", "digits_cnn", [0.25, 0.5], epochs=4, batch_size=128, lr_step=2)
+    checkpoints = train_models(root, "digits", "digits_cnn", [0.25, 0.5], epochs=4, batch_size=128, lr_step=2)
     grid = ex.certify_grid(root, "digits", checkpoints, [0.5], n0=50, n=400, alpha=0.01, batch_size=450, skip=20)
     return root, checkpoints, grid
 
@@ -62,9 +68,9 @@ def test_predict_topk_and_attack_runs(pipeline):
 
 
 def test_run_folder_names_parameters():
-    a = ex.run_folder("r", "certify", "x", {"n": 1})
+    a = run_folder("r", "certify", "x", {"n": 1})
     assert a.parent.name == "certify" and a.name.startswith("x-")
-    assert a != ex.run_folder("r", "certify", "x", {"n": 2}) and a == ex.run_folder("r", "certify", "x", {"n": 1})
+    assert a != run_folder("r", "certify", "x", {"n": 2}) and a == run_folder("r", "certify", "x", {"n": 1})
 
 
 def test_counts_are_recovered_exactly_from_full_precision_radii():

@@ -7,8 +7,6 @@ so re-executing a chapter resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +14,8 @@ from tqdm import tqdm
 
 from rsbook import streams
 from rsbook.analysis import certified_accuracy
-from rsbook.attacks import ATTACK_COLUMNS, attack_certify_log
+from rsbook.cohen.attacks import ATTACK_COLUMNS, attack_certify_log
+from rsbook.cohen.topk import certify_topk
 from rsbook.data import load_dataset, num_classes
 from rsbook.dataset_runs import certify_dataset, predict_dataset, selected_indices
 from rsbook.logs import (
@@ -25,34 +24,13 @@ from rsbook.logs import (
     finish_manifest,
     read_certify_log,
     read_predict_log,
+    run_folder,
 )
 from rsbook.models import load_checkpoint
 from rsbook.smooth import Smooth
-from rsbook.topk import certify_topk
-from rsbook.train import train
 
-__all__ = ["run_folder", "train_models", "certify_grid", "predict_runs", "topk_radii", "attack_runs",
+__all__ = ["certify_grid", "predict_runs", "topk_radii", "attack_runs",
            "cross_noise_matrix"]
-
-
-def run_folder(root, kind: str, label: str, parameters: dict) -> Path:
-    """root/kind/<label>-<8 hex digits of the parameters' SHA-256>: one folder per parameter set,
-    so changing a parameter starts a new run instead of colliding with an immutable one."""
-    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path(root) / kind / f"{label}-{digest}"
-
-
-def train_models(root, dataset: str, arch: str, sigmas, *, epochs: int, seed: int = 0, progress: bool = False,
-                 **train_kwargs) -> dict:
-    """Train (or resume training) one base classifier per noise level in `sigmas` with Gaussian
-    data augmentation (rsbook.train.train). Returns {sigma: checkpoint path}."""
-    checkpoints = {}
-    for sigma in sigmas:
-        parameters = {"dataset": dataset, "arch": arch, "noise_sd": float(sigma), "seed": seed, **train_kwargs}
-        folder = run_folder(root, "train", f"{arch}_{dataset}_noise{float(sigma):g}", parameters)
-        checkpoints[float(sigma)] = train(dataset, arch, sigma, epochs, folder, seed=seed, progress=progress,
-                                          **train_kwargs)
-    return checkpoints
 
 
 def _smooth(checkpoint, dataset: str, sigma: float, device) -> Smooth:
@@ -112,7 +90,7 @@ def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alph
                skip: int = 1, max_index: int = -1, seed: int = 0, split: str = "test", device=None,
                progress: bool = False) -> pd.DataFrame:
     """Jia et al. (2020) top-k certified radius of the true label for each k in `ks` on the
-    selected examples (rsbook.topk.certify_topk: one set of n samples per example and k, from the
+    selected examples (rsbook.cohen.topk.certify_topk: one set of n samples per example and k, from the
     stream (seed, 'estimate', 'topk', idx, k), each with probability >= 1 - alpha). Resumable: results are appended per example to a run folder.
     Returns a frame with columns idx, label, k, radius (0 where not certified)."""
     parameters = {"dataset": dataset, "split": split, "checkpoint": str(checkpoint), "sigma": float(sigma),

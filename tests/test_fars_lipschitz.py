@@ -1,4 +1,4 @@
-"""rsbook.lipschitz: every layer and every backbone is 1-Lipschitz in l2 (FaRS Proposition 1 needs it;
+"""rsbook.fars.lipschitz: every layer and every backbone is 1-Lipschitz in l2 (FaRS Proposition 1 needs it;
 SLL: Araujo et al. 2023, Thm. 3 / FaRS eq. (1); AOL: Prach & Lampert 2022, Thm. 1).
 
 Checked three ways: the algebraic condition itself (T - W^T W >= 0 on the explicit operator matrix),
@@ -10,10 +10,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsbook.lipschitz import (AOLConv2d, AOLLinear, ChannelPad, LipschitzAvgPool2d, SLLConv2d, SLLLinear,
-                              SpaceToDepth, _kernel_gram_l1, adversarial_lipschitz_ratio, circular_conv2d,
-                              circular_conv2d_transpose, conv2d, conv2d_transpose, jacobian_spectral_norm,
-                              max_jacobian_norm, sll_backbone)
+from rsbook.fars.lipschitz import (
+    AOLConv2d,
+    AOLLinear,
+    ChannelPad,
+    LipschitzAvgPool2d,
+    SLLConv2d,
+    SLLLinear,
+    SpaceToDepth,
+    _kernel_gram_l1,
+    adversarial_lipschitz_ratio,
+    circular_conv2d,
+    circular_conv2d_transpose,
+    conv2d,
+    conv2d_transpose,
+    jacobian_spectral_norm,
+    max_jacobian_norm,
+    sll_backbone,
+)
 
 TOL = 1e-9  # float64 rounding
 

@@ -8,10 +8,10 @@ input x with prediction C and region R, against every earlier region R_i of anot
 
   * if x lies in R_i: ABSTAIN (radius 0);
   * else, if R meets R_i (first the cheap test on the enclosing balls, MaxIntersect, then the exact
-    ellipsoid test, Intersect: rsbook.ellipsoids.ellipsoids_intersect), R is replaced by the largest
+    ellipsoid test, Intersect: rsbook.ancer.ellipsoids.ellipsoids_intersect), R is replaced by the largest
     ball around x inside R that does not meet R_i (LargestOutSubset): radius
     min(inner radius of R, distance(x, R_i) - margin), the distance by the projection of eq. 3.17-3.19
-    and 4.10 (rsbook.ellipsoids.distance_to_ellipsoid).
+    and 4.10 (rsbook.ancer.ellipsoids.distance_to_ellipsoid).
 
 Afterwards no two remaining regions of different classes share a point, whatever their shapes;
 with a fixed sigma (Cohen et al.) the regions are already disjoint and nothing changes (up to the
@@ -30,8 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rsbook.curvature import Rotation
-from rsbook.ellipsoids import _reduce_pair, distance_diagonal, intersect_test_diagonal
+from rsbook.ancer.curvature import Rotation
+from rsbook.ancer.ellipsoids import (
+    _reduce_pair,
+    distance_diagonal,
+    intersect_test_diagonal,
+)
 from rsbook.smooth import ABSTAIN
 
 __all__ = ["Region", "memory_certify", "region_conflicts", "MEMORY_STATUSES"]
@@ -43,7 +47,7 @@ MEMORY_STATUSES = ("kept", "shrunk", "abstained", "abstained before memory")
 class Region:
     """A certified region: center (d,), the predicted class, gap, scale (a number, or (d,): per
     coordinate when rotation is None, else per column of the rotation U, an unbatched
-    rsbook.curvature.Rotation of dimension d). Semi-axes are scale * gap."""
+    rsbook.ancer.curvature.Rotation of dimension d). Semi-axes are scale * gap."""
 
     center: np.ndarray
     prediction: int
@@ -237,7 +241,7 @@ class _Memory:
         return idx[hit]
 
     def distances(self, idx, point) -> np.ndarray:
-        """Distance from `point` to each region idx (lower bounds, see rsbook.ellipsoids.distance_diagonal)."""
+        """Distance from `point` to each region idx (lower bounds, see rsbook.ancer.ellipsoids.distance_diagonal)."""
         if not self.dense:
             return np.array([self.regions[i].distance(point) for i in idx])
         out = np.linalg.norm(self.centers[idx] - point, axis=1)

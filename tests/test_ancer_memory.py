@@ -1,16 +1,21 @@
-"""rsbook.memory: memory-based certification (thesis Algorithm 1) is sound — no region kept after
+"""rsbook.ancer.memory: memory-based certification (thesis Algorithm 1) is sound — no region kept after
 memory contains a point of an earlier region of another class — and with a fixed sigma it changes
 nothing."""
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import Linear2
-from rsbook import memory as memory_module
-from rsbook.anisotropic import certify
-from rsbook.curvature import Rotation
-from rsbook.memory import MEMORY_STATUSES, Region, memory_certify, region_conflicts
+
+from rsbook.ancer import memory as memory_module
+from rsbook.ancer.anisotropic import certify
+from rsbook.ancer.curvature import Rotation
+from rsbook.ancer.memory import (
+    MEMORY_STATUSES,
+    Region,
+    memory_certify,
+    region_conflicts,
+)
 
 
 def _random_regions(rng, d, count, classes=3):

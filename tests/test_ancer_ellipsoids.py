@@ -1,11 +1,16 @@
-"""rsbook.ellipsoids: the intersection test of thesis eq. 3.16 / 4.9 and the projection distance of
+"""rsbook.ancer.ellipsoids: the intersection test of thesis eq. 3.16 / 4.9 and the projection distance of
 eq. 3.17-3.19 / 4.10, against brute force (dense sampling) on random 2-D and 3-D ellipsoids, rotated
 and axis-aligned, and against closed forms for balls."""
 
 import numpy as np
 import pytest
 
-from rsbook.ellipsoids import distance_to_ellipsoid, ellipsoids_intersect, min_separation, _reduce_pair
+from rsbook.ancer.ellipsoids import (
+    _reduce_pair,
+    distance_to_ellipsoid,
+    ellipsoids_intersect,
+    min_separation,
+)
 
 
 def _random_ellipsoid(rng, d, rotated):

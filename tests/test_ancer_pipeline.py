@@ -1,4 +1,4 @@
-"""rsbook.anisotropic_runs: the thesis's four-method experiment as a resumable run (Tables 5.1-5.6), the
+"""rsbook.ancer.pipeline: the thesis's four-method experiment as a resumable run (Tables 5.1-5.6), the
 ResNet-18 of Sec. 5.3.1, and the chapter's paper-scale path on a miniature CIFAR-10."""
 
 import json
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from rsbook import anisotropic_runs as ar
 from rsbook import published
-from rsbook.memory import MEMORY_STATUSES
+from rsbook.ancer import pipeline as ar
+from rsbook.ancer.memory import MEMORY_STATUSES
 from rsbook.models import cifar_resnet18
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Ellipse
 
-from rsbook.anisotropic import certified_accuracy
-from rsbook.toy2d import decision_grid
+from rsbook.ancer.metrics import certified_accuracy
+from rsbook.ancer.toy import decision_grid
 
 __all__ = ["METHOD_COLORS", "accuracy_curves", "plot_accuracy_grid", "plot_regions_2d", "plot_traces"]
 
@@ -76,7 +76,7 @@ def plot_regions_2d(model, points, labels, regions: dict, positions, bounds=(-2.
                     resolution: int = 250, title: str | None = None):
     """Certified regions over the base classifier's decision regions (thesis Figure 1.1).
 
-    points, labels: the 2-D data drawn as dots; regions: method -> list of rsbook.memory.Region (None
+    points, labels: the 2-D data drawn as dots; regions: method -> list of rsbook.ancer.memory.Region (None
     where abstained), aligned with points; positions: which points' regions to draw. Returns (fig, ax)."""
     xx, yy, grid = decision_grid(model, bounds, resolution)
     points, labels = np.asarray(points), np.asarray(labels)

@@ -1,12 +1,19 @@
-"""rsbook.toy2d: the seeded 2-D toy sets of the kinds the thesis drew (Sec. 5.1.1: 2 classes / 300
+"""rsbook.ancer.toy: the seeded 2-D toy sets of the kinds the thesis drew (Sec. 5.1.1: 2 classes / 300
 points, 3 classes / 1,200 points) and its shallow classifiers (Sec. 5.3.2, Figure 5.5)."""
 
 import numpy as np
 import pytest
 import torch
 
+from rsbook.ancer.toy import (
+    TOY_KINDS,
+    ToyMLP,
+    decision_grid,
+    make_toy,
+    train_test_split,
+    train_toy_classifier,
+)
 from rsbook.models import RancerMLP
-from rsbook.toy2d import TOY_KINDS, ToyMLP, decision_grid, make_toy, train_test_split, train_toy_classifier
 
 
 @pytest.mark.parametrize("kind", TOY_KINDS)

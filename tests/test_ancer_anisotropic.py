@@ -1,20 +1,34 @@
-"""rsbook.anisotropic: the anisotropic certificate (thesis eq. 3.12, 3.14, 4.4) checked analytically on
+"""rsbook.ancer.anisotropic: the anisotropic certificate (thesis eq. 3.12, 3.14, 4.4) checked analytically on
 a linear classifier, its coverage, and the DDS / ANCER / RANCER optimisers (eq. 3.7, 3.15, 4.8)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import Constant, Linear2
 from scipy.stats import norm
 
-from conftest import Constant, Linear2
-from rsbook.anisotropic import (ABSTAIN, acr_table, accuracy_table, average_certified_radius,
-                                average_radius_improvement, certified_accuracy, certify, optimize_ancer,
-                                optimize_isotropic, optimize_rancer, proxy_gap, sample_noise, smoothed_probabilities,
-                                volume_objective)
-from rsbook.curvature import Rotation
+from rsbook.ancer.anisotropic import (
+    ABSTAIN,
+    certify,
+    optimize_ancer,
+    optimize_isotropic,
+    optimize_rancer,
+    proxy_gap,
+    sample_noise,
+    smoothed_probabilities,
+    volume_objective,
+)
+from rsbook.ancer.curvature import Rotation
+from rsbook.ancer.metrics import (
+    accuracy_table,
+    acr_table,
+    average_certified_radius,
+    average_radius_improvement,
+    certified_accuracy,
+)
+from rsbook.ancer.toy import make_toy, train_toy_classifier
 from rsbook.smooth import Smooth
-from rsbook.toy2d import make_toy, train_toy_classifier
 
 
 def _rotation(d, seed):

@@ -21,24 +21,20 @@ Optimisation per input (each returns an `Optimization` with the parameters and a
   optimize_ancer       ANCER (eq. 3.15): Adam on a diagonal Theta, maximising gap * (prod theta)^(1/d)
                        + kappa * min(theta) * gap, projected onto theta >= theta_iso after every step
   optimize_rancer      RANCER (Algorithm 2): the same objective with rotated noise U (theta * eps), U from
-                       the Hessian of the loss (rsbook.curvature), and sigma clipping (eq. 4.8) into
+                       the Hessian of the loss (rsbook.ancer.curvature), and sigma clipping (eq. 4.8) into
                        [sigma_iso (1 - lambda_1), sigma_iso (1 + lambda_2)] applied in place after every step
 E_A, E_B are the two largest Monte Carlo averages of the softmax over `num_samples` noisy copies,
 clamped to [clip, 1 - clip] before Phi^-1 as in the authors' code.
 
 Because sigma depends on x, these certificates are sound only after memory-based certification
-(Algorithm 1, rsbook.memory). Metrics of Sec. 5.2 are at the end of this module. The geometry
-(rsbook.ellipsoids: ellipsoids_intersect, distance_to_ellipsoid), memory-based certification
-(rsbook.memory: Region, memory_certify, region_conflicts) and the rotations (rsbook.curvature.Rotation)
-live in their own modules and are re-exported here, so the whole public API is importable from
-rsbook.anisotropic.
+(Algorithm 1, rsbook.ancer.memory). The metrics of Sec. 5.2 are in rsbook.ancer.metrics; the whole
+public API of the document is importable from rsbook.ancer.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,23 +43,18 @@ import torch
 
 from rsbook._checks import (
     check_alpha,
+    check_generator,
     check_num_classes,
     check_positive_int,
     check_sigma,
 )
-from rsbook.analysis import certified_hits
+from rsbook.ancer.curvature import Rotation, safe_directions
 from rsbook.bounds import certified_gap
-from rsbook.curvature import Rotation, safe_directions
-from rsbook.ellipsoids import distance_to_ellipsoid, ellipsoids_intersect
-from rsbook.memory import Region, memory_certify, region_conflicts
 from rsbook.smooth import ABSTAIN
 from rsbook.stats import clopper_pearson_lower
 
-__all__ = ["ABSTAIN", "Optimization", "Certificate", "optimize_isotropic", "optimize_ancer", "optimize_rancer",
-           "sample_noise", "smoothed_probabilities", "proxy_gap", "volume_objective", "certify",
-           "certified_accuracy", "average_certified_radius", "average_radius_improvement", "accuracy_table",
-           "acr_table", "Rotation", "ellipsoids_intersect", "distance_to_ellipsoid", "Region", "memory_certify",
-           "region_conflicts"]
+__all__ = ["ABSTAIN", "TRACE_QUANTITIES", "Optimization", "Certificate", "optimize_isotropic", "optimize_ancer",
+           "optimize_rancer", "sample_noise", "smoothed_probabilities", "proxy_gap", "volume_objective", "certify"]
 
 TRACE_QUANTITIES = ("gap", "geometric_mean", "log_volume", "min_sigma", "proxy_radius", "radius", "objective")
 
@@ -129,11 +120,6 @@ def _per_example(value, x: torch.Tensor, name: str) -> torch.Tensor:
     if tensor.shape != (len(x),) or not bool(torch.isfinite(tensor).all()) or bool((tensor <= 0).any()):
         raise ValueError(f"{name} must be a number > 0 or a tensor of {len(x)} numbers > 0, got {value!r}")
     return tensor.clone()
-
-
-def _check_generator(generator, device):
-    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(f"generator lives on {generator.device}, but sampling runs on {device}")
 
 
 def sample_noise(eps: torch.Tensor, sigma: torch.Tensor, rotation: Rotation | None = None) -> torch.Tensor:
@@ -222,7 +208,7 @@ def optimize_isotropic(model, x, sigma0, *, iterations: int, learning_rate: floa
     _check_common(iterations, learning_rate, num_samples, clip)
     model = _check_eval(model)
     x = _batch(x)
-    _check_generator(generator, x.device)
+    check_generator(generator, x.device)
     sigma = _per_example(sigma0, x, "sigma0").requires_grad_(True)
     trace: dict = {}
     for _ in range(iterations):
@@ -277,7 +263,7 @@ def optimize_ancer(model, x, sigma_iso, *, iterations: int, learning_rate: float
     _check_kappa(kappa)
     model = _check_eval(model)
     x = _batch(x)
-    _check_generator(generator, x.device)
+    check_generator(generator, x.device)
     iso = _per_example(sigma_iso, x, "sigma_iso")
     theta = iso.reshape(-1, *([1] * (x.dim() - 1))).expand_as(x).clone()
     lower, upper = theta.clone(), torch.full_like(theta, math.inf)
@@ -292,7 +278,7 @@ def optimize_rancer(model, x, sigma_iso, *, iterations: int, learning_rate: floa
                     rank: int | None = None, exact_limit: int = 1024, lanczos_steps: int | None = None,
                     generator=None, clip: float = 0.001) -> Optimization:
     """RANCER (thesis Sec. 4, Algorithm 2): noise U (theta * eps) with U the eigenvectors of the
-    Hessian of the loss at x (rsbook.curvature.safe_directions: exact for d <= exact_limit when
+    Hessian of the loss at x (rsbook.ancer.curvature.safe_directions: exact for d <= exact_limit when
     rank is None, else Lanczos for the `rank` leading directions completed to an orthonormal basis;
     or a given batch `rotation`), theta (B, d) initialised at sigma_iso and optimised with ANCER's
     objective and Adam; after every step the sigma clipping of eq. 4.8,
@@ -310,7 +296,7 @@ def optimize_rancer(model, x, sigma_iso, *, iterations: int, learning_rate: floa
                          f"got {clip_sigma!r}")
     model = _check_eval(model)
     x = _batch(x)
-    _check_generator(generator, x.device)
+    check_generator(generator, x.device)
     dim = x[0].numel()
     iso = _per_example(sigma_iso, x, "sigma_iso")
     eigenvalues = None
@@ -385,8 +371,8 @@ def certify(model, x, sigma, rotation: Rotation | None = None, *, num_classes: i
     check_positive_int(batch_size, "batch_size")
     check_alpha(alpha)
     x = _batch(torch.as_tensor(x).unsqueeze(0))[0]
-    _check_generator(generator, x.device)
-    _check_generator(estimate_generator, x.device)
+    check_generator(generator, x.device)
+    check_generator(estimate_generator, x.device)
     estimate_generator = generator if estimate_generator is None else estimate_generator
     if rotation is not None:
         if rotation.batch_shape != () or rotation.dim != x.numel():
@@ -404,61 +390,3 @@ def certify(model, x, sigma, rotation: Rotation | None = None, *, num_classes: i
         return Certificate(ABSTAIN, float(p_a), 0.0, 0.0, 0.0)
     flat = sigma.reshape(-1)
     return Certificate(c_hat, float(p_a), gap, float(flat.min()) * gap, float(torch.exp(torch.log(flat).mean())) * gap)
-
-
-# ------------------------------------------------------------------------------------------ metrics
-
-
-def _column(frame: pd.DataFrame, by: str) -> np.ndarray:
-    if by not in ("radius", "proxy_radius"):
-        raise ValueError(f"by must be 'radius' or 'proxy_radius', got {by!r}")
-    missing = [c for c in ("correct", by) if c not in frame]
-    if missing:
-        raise ValueError(f"frame lacks column(s) {missing}; it has {list(frame.columns)}")
-    if len(frame) == 0:
-        raise ValueError("frame has no rows")
-    return frame[by].to_numpy(dtype=float)
-
-
-def certified_accuracy(frame: pd.DataFrame, radii, by: str = "radius") -> pd.Series:
-    """Fraction of rows with correct == 1 and a certified `by` (radius or proxy_radius) >= r, for each r
-    (Sec. 5.2; rsbook.analysis.certified_hits: a radius of 0 certifies nothing). The proxy radius is
-    a size, not an l2 certificate: label it so wherever it is shown."""
-    values = _column(frame, by)
-    radii = np.atleast_1d(np.asarray(radii, dtype=float))
-    hits = certified_hits(frame["correct"].to_numpy(), values, radii)
-    return pd.Series(hits.mean(axis=1), index=pd.Index(radii, name=by), name="certified_accuracy")
-
-
-def average_certified_radius(frame: pd.DataFrame, by: str = "radius") -> float:
-    """ACR (or, by='proxy_radius', the proxy ACR): E[R_x 1(g(x) = y)] over the rows (eq. 5.1)."""
-    values = _column(frame, by)
-    return float(np.mean(np.where(frame["correct"].to_numpy() == 1, values, 0.0)))
-
-
-def average_radius_improvement(frame: pd.DataFrame, reference: pd.DataFrame, by: str = "radius") -> float:
-    """ARI (or proxy ARI): mean of frame's `by` minus reference's over the examples (matched on idx)
-    that both predict correctly (Sec. 5.2: computed on correctly predicted samples only); NaN if none."""
-    ours, theirs = _column(frame, by), _column(reference, by)
-    merged = pd.DataFrame({"idx": frame["idx"], "ours": ours, "ok": frame["correct"] == 1}).merge(
-        pd.DataFrame({"idx": reference["idx"], "theirs": theirs, "ok_ref": reference["correct"] == 1}), on="idx")
-    both = merged[merged["ok"] & merged["ok_ref"]]
-    return float((both["ours"] - both["theirs"]).mean()) if len(both) else float("nan")
-
-
-def accuracy_table(results: Mapping[str, pd.DataFrame], radii, by: str = "radius") -> pd.DataFrame:
-    """Certified accuracy at each radius (columns, named 'radius') for each method (rows, 'method'),
-    by radius or by proxy radius (thesis Tables 5.1-5.4)."""
-    table = pd.DataFrame({method: certified_accuracy(frame, radii, by).to_numpy() for method, frame in results.items()},
-                         index=pd.Index(np.atleast_1d(np.asarray(radii, dtype=float)), name="radius")).T
-    table.index.name = "method"
-    return table
-
-
-def acr_table(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """ACR and proxy ACR per method (thesis Table 5.5): rows 'method', columns 'metric' (ACR, ACR_proxy)."""
-    table = pd.DataFrame({method: {"ACR": average_certified_radius(frame, "radius"),
-                                   "ACR_proxy": average_certified_radius(frame, "proxy_radius")}
-                          for method, frame in results.items()}).T
-    table.index.name, table.columns.name = "method", "metric"
-    return table

@@ -2,7 +2,7 @@
 with a head (end to end, or a head on frozen features), certify the test examples in the embedding
 space (closed form for a linear head; Monte Carlo on the head for a sparsemax or a deeper head), attack
 the full model with l2-PGD, and time each way of certifying against Cohen et al.'s CERTIFY on the whole
-network. Every long step writes a run folder under `root` (rsbook.experiments.run_folder) and skips the
+network. Every long step writes a run folder under `root` (rsbook.logs.run_folder) and skips the
 work already on disk; training checkpoints after every epoch.
 
 Tables use the layout of the FaRS paper (rsbook.published.table("fars", "Table 1") / "Table 2"): rows
@@ -16,13 +16,10 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 import torch.nn.functional as F
-from matplotlib.ticker import NullFormatter
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -33,8 +30,7 @@ from rsbook.analysis import certified_accuracy
 from rsbook.attacks import pgd
 from rsbook.data import input_shape, load_dataset, num_classes
 from rsbook.dataset_runs import selected_indices
-from rsbook.experiments import run_folder
-from rsbook.fars import (
+from rsbook.fars.certify import (
     FaRS,
     SmoothedSparsemaxModel,
     SparsemaxSmooth,
@@ -46,12 +42,18 @@ from rsbook.fars import (
     per_class_radius,
     sparsemax,
 )
-from rsbook.lipschitz import (
+from rsbook.fars.lipschitz import (
     adversarial_lipschitz_ratio,
     max_jacobian_norm,
     sll_backbone,
 )
-from rsbook.logs import ResultsTable, begin_run, finish_manifest, run_manifest
+from rsbook.logs import (
+    ResultsTable,
+    begin_run,
+    finish_manifest,
+    run_folder,
+    run_manifest,
+)
 from rsbook.smooth import ABSTAIN, Smooth
 from rsbook.throughput import timed
 
@@ -59,7 +61,7 @@ __all__ = ["CHECKPOINT", "TRAIN_LOG", "train_fars", "train_run", "load_fars", "s
            "per_class_certificates", "per_class_overclaims", "sparsemax_agreement", "smoothing_certificates",
            "sparsemax_certificates", "pgd_robustness",
            "smoothed_pgd_robustness", "robust_accuracy", "accuracy_table", "sanity_check", "certificate_violations",
-           "certification_times", "lipschitz_check", "plot_robustness", "plot_times", "CERTIFY_COLUMNS"]
+           "certification_times", "lipschitz_check", "CERTIFY_COLUMNS"]
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.tsv"
@@ -86,7 +88,7 @@ def load_fars(path, device=None) -> tuple[FaRS, dict]:
     {kind: 'fars', dataset, backbone (config incl. input_shape), hidden, num_classes, state_dict, epoch, ...}."""
     payload = read_torch_dict(path)
     if payload.get("kind") != "fars":
-        raise ValueError(f"checkpoint {path} is not a FaRS checkpoint (written by rsbook.fars_experiments.train_fars)")
+        raise ValueError(f"checkpoint {path} is not a FaRS checkpoint (written by rsbook.fars.pipeline.train_fars)")
     model = _build(payload)
     model.load_state_dict(payload["state_dict"])
     return model.to(torch.device("cpu" if device is None else device)).eval(), payload
@@ -120,7 +122,7 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
                logit_scale: float = 1.0, embedding_noise: float = 0.0, seed: int = 0, backbone_checkpoint=None,
                train_backbone: bool = True, device=None, workers: int = 0, evaluate: bool = True,
                progress: bool = False) -> Path:
-    """Train a FaRS model (an SLL backbone, rsbook.lipschitz.sll_backbone(**backbone), and a head,
+    """Train a FaRS model (an SLL backbone, rsbook.fars.lipschitz.sll_backbone(**backbone), and a head,
     rsbook.fars.build_head(hidden)) on `dataset` into the folder `out`; return the checkpoint path.
 
     Loss: cross-entropy of logit_scale * margin_logits(head(z + noise), y, margin), z = backbone(x):
@@ -235,7 +237,7 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
 
 def train_run(root, name: str, dataset: str, **kwargs) -> Path:
     """train_fars into the run folder root/train/<name>-<digest of dataset and kwargs>
-    (rsbook.experiments.run_folder): changing any setting trains into a new folder, and rerunning with
+    (rsbook.logs.run_folder): changing any setting trains into a new folder, and rerunning with
     the same settings resumes or reuses the finished run. Returns the checkpoint path."""
     settings = {"dataset": dataset, **{k: v for k, v in kwargs.items() if k not in ("device", "workers", "progress")}}
     return train_fars(dataset, run_folder(root, "train", name, settings), **kwargs)
@@ -302,7 +304,7 @@ def per_class_certificates(model: FaRS, z, labels, indices) -> pd.DataFrame:
 def sparsemax_agreement(model: FaRS, z, r: float = 1.0) -> float:
     """Fraction of the embeddings z on which the deterministic sparsemax head, argmax sparsemax(l(z), r),
     predicts the same class as the linear head, argmax l(z): 1 up to exact ties, since sparsemax
-    preserves the order of its inputs (rsbook.fars module docstring)."""
+    preserves the order of its inputs (rsbook.fars.certify module docstring)."""
     with torch.inference_mode():
         logits = model.head(torch.as_tensor(z))
         return float((sparsemax(logits, r).argmax(dim=1) == logits.argmax(dim=1)).double().mean())
@@ -612,53 +614,10 @@ def certification_times(model: FaRS, xs: torch.Tensor, *, sigma_head: float, sig
 def lipschitz_check(backbone, xs, *, iterations: int = 30, steps: int = 100, seed: int = 0) -> dict:
     """Empirical lower bounds on the backbone's l2 Lipschitz constant on inputs xs (N, ...): the largest
     Jacobian spectral norm by power iteration, and the largest ratio ||e(x) - e(y)|| / ||x - y|| found by
-    gradient ascent from pairs near xs (rsbook.lipschitz). Both must be <= 1 (up to float rounding)."""
+    gradient ascent from pairs near xs (rsbook.fars.lipschitz). Both must be <= 1 (up to float rounding)."""
     backbone = backbone.eval()
     device = next(backbone.parameters()).device
     xs = torch.as_tensor(xs).to(device)
     generator = streams.generator(seed, "probe", "lipschitz", device=device)
     return {"jacobian": float(max_jacobian_norm(backbone, xs, iterations, generator)),
             "pairs": float(adversarial_lipschitz_ratio(backbone, xs, steps=steps, generator=generator))}
-
-
-# ------------------------------------------------------------------------------------------- plots
-
-def plot_robustness(certified: pd.DataFrame, empirical: pd.DataFrame, title: str | None = None, ax=None):
-    """Certified (solid) and l2-PGD (dashed) accuracy against epsilon, one colour per variant: the
-    sanity check of FaRS Sec. 3 as a figure. Inputs: accuracy_table outputs. Returns (fig, ax)."""
-    radii = [c for c in certified.columns if c != "natural"]
-    long = pd.concat([
-        table[radii].rename_axis(index="variant", columns="epsilon").stack().rename("accuracy").reset_index()
-        .assign(kind=kind) for table, kind in ((certified, "certified"), (empirical, "l2-PGD"))], ignore_index=True)
-    long["epsilon"] = long["epsilon"].astype(float)
-    with sns.axes_style("whitegrid"):
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
-        else:
-            fig = ax.figure
-        sns.lineplot(data=long, x="epsilon", y="accuracy", hue="variant", style="kind", markers=True, ax=ax,
-                     palette="deep", errorbar=None)
-    ax.set_xlabel("$\\ell_2$ radius $\\epsilon$")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    if title:
-        ax.set_title(title)
-    return fig, ax
-
-
-def plot_times(times: pd.DataFrame, title: str | None = None, ax=None):
-    """Seconds per certified example for each method of certification_times, log scale. Returns (fig, ax)."""
-    frame = times.reset_index()
-    with sns.axes_style("whitegrid"):
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(6.4, 3.2), layout="constrained")
-        else:
-            fig = ax.figure
-        sns.barplot(data=frame, y="method", x="seconds_per_example", ax=ax, color="#4c72b0")
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap on short ranges
-    ax.set_xlabel("seconds per certified example (log scale)")
-    ax.set_ylabel("")
-    if title:
-        ax.set_title(title)
-    return fig, ax

@@ -3,7 +3,7 @@
 `run_methods` certifies a set of inputs with the four methods of Tables 5.1-5.6:
 
   Fixed      Cohen et al.'s CERTIFY at one global sigma (a ball)
-  Isotropic  DDS: sigma optimised per input (rsbook.anisotropic.optimize_isotropic), then CERTIFY (a ball)
+  Isotropic  DDS: sigma optimised per input (rsbook.ancer.anisotropic.optimize_isotropic), then CERTIFY (a ball)
   ANCER      diagonal sigma optimised from the DDS sigma (optimize_ancer): an axis-aligned ellipsoid
   RANCER     rotated sigma from the DDS sigma and the Hessian's eigenvectors (optimize_rancer): a
              rotated ellipsoid
@@ -16,7 +16,7 @@ certified. Every chunk's optimisation draws from the stream (seed, 'optimise', m
 and every input's certification from the streams (seed, 'select' / 'estimate', method, index)
 (rsbook.streams), so a resumed run writes the same rows and the noise that chose sigma is never the
 noise that certifies it. `AnisotropicRun` reads the results back, builds the certified regions and applies
-memory-based certification (rsbook.memory).
+memory-based certification (rsbook.ancer.memory).
 """
 
 from __future__ import annotations
@@ -34,20 +34,22 @@ from tqdm import tqdm
 
 from rsbook import streams
 from rsbook._io import atomic_write
-from rsbook.anisotropic import (
+from rsbook.ancer.anisotropic import (
     ABSTAIN,
-    accuracy_table,
-    acr_table,
-    average_radius_improvement,
     certify,
     optimize_ancer,
     optimize_isotropic,
     optimize_rancer,
 )
-from rsbook.curvature import Rotation
-from rsbook.experiments import run_folder
-from rsbook.logs import ResultsTable, begin_run, finish_manifest
-from rsbook.memory import MEMORY_STATUSES, Region, memory_certify, region_conflicts
+from rsbook.ancer.curvature import Rotation
+from rsbook.ancer.memory import (
+    MEMORY_STATUSES,
+    Region,
+    memory_certify,
+    region_conflicts,
+)
+from rsbook.ancer.metrics import accuracy_table, acr_table, average_radius_improvement
+from rsbook.logs import ResultsTable, begin_run, finish_manifest, run_folder
 
 __all__ = ["METHODS", "RESULT_COLUMNS", "CONFIG", "cpu_threads", "run_methods", "AnisotropicRun",
            "thesis_config", "thesis_settings", "toy_experiment", "released_toy", "image_experiment",
@@ -246,7 +248,7 @@ class AnisotropicRun:
                                torch.cat([r.signs for r in rotations]))
 
     def trace(self, method: str, positions) -> pd.DataFrame:
-        """The optimisation traces (rsbook.anisotropic.TRACE_QUANTITIES per iteration) of the inputs at
+        """The optimisation traces (rsbook.ancer.anisotropic.TRACE_QUANTITIES per iteration) of the inputs at
         `positions`, long format with a `position` column."""
         frames, chunks = [], {}
         for position in positions:
@@ -261,7 +263,7 @@ class AnisotropicRun:
         return pd.concat(frames, ignore_index=True)
 
     def regions(self, method: str) -> list:
-        """The certified region of every input (rsbook.memory.Region; None where CERTIFY abstained)."""
+        """The certified region of every input (rsbook.ancer.memory.Region; None where CERTIFY abstained)."""
         frame = self.results(method)
         sigma, rotation = self.parameters(method)
         regions = []
@@ -373,10 +375,10 @@ def thesis_settings(config: dict, overrides: dict | None = None, clip_sigma=(0.1
 
 def toy_experiment(kind: str, n_points: int, n_classes: int, *, test_fraction: float = 0.2, epochs: int = 1000,
                    seed: int = 0) -> dict:
-    """A seeded toy set (rsbook.toy2d.make_toy), split, and the thesis's shallow classifier trained on
+    """A seeded toy set (rsbook.ancer.toy.make_toy), split, and the thesis's shallow classifier trained on
     its training part (seconds; deterministic, so it is recomputed rather than stored). Returns
     {model, train: (points, labels), test: (points, labels), model_id}."""
-    from rsbook.toy2d import make_toy, train_test_split, train_toy_classifier
+    from rsbook.ancer.toy import make_toy, train_test_split, train_toy_classifier
 
     points, labels = make_toy(kind, n_points, n_classes, seed=seed)
     train, test = train_test_split(points, labels, test_fraction, seed=seed)
@@ -402,14 +404,14 @@ def released_toy(skip: int = 1) -> dict:
 
 def image_experiment(root, dataset: str, arch: str, train_sigma: float, epochs: int, num_examples: int, *,
                      seed: int = 0, device=None, num_threads: int | None = None, **train_kwargs) -> dict:
-    """Train (resumably, rsbook.experiments.train_models) a base classifier on `dataset` with Gaussian
+    """Train (resumably, rsbook.train.train_models) a base classifier on `dataset` with Gaussian
     noise train_sigma and draw `num_examples` test inputs uniformly without replacement (seeded; in
     index order, which is also the memory order). arch 'cifar_resnet18' is the thesis's ResNet-18
     (rsbook.models). num_threads: torch CPU threads while training (see cpu_threads). Returns {model,
     test: (inputs, labels), indices, model_id (the checkpoint)}."""
     from rsbook.data import load_dataset, num_classes
-    from rsbook.experiments import train_models
     from rsbook.models import load_checkpoint
+    from rsbook.train import train_models
 
     with cpu_threads(num_threads):
         checkpoint = train_models(root, dataset, arch, [train_sigma], epochs=epochs, seed=seed, device=device,
@@ -444,7 +446,7 @@ def pick_examples(run: "AnisotropicRun", count: int, methods=("Isotropic", "ANCE
 
 def soundness_table(run: "AnisotropicRun", order=None) -> pd.DataFrame:
     """Per method: pairs of certified regions of different classes that intersect before and after
-    memory-based certification (rsbook.memory.region_conflicts), and how many inputs memory kept,
+    memory-based certification (rsbook.ancer.memory.region_conflicts), and how many inputs memory kept,
     shrank or abstained on."""
     rows = {}
     for method in run.methods:

@@ -4,20 +4,19 @@ SimuEM bounds (Sec. 3.2) and CERTIFY's guarantee (Proposition 2), analytically a
 import numpy as np
 import pytest
 import torch
+from conftest import Constant  # noqa: E402  (shared base classifiers)
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
 from rsbook.bounds import cohen_radius
-from rsbook.smooth import Smooth
-from rsbook.stats import clopper_pearson_lower
-from rsbook.topk import (
+from rsbook.cohen.topk import (
     certified_topk_accuracy,
     certify_topk,
     simultaneous_bounds,
     topk_radius,
 )
-
-from conftest import Constant  # noqa: E402  (shared base classifiers)
+from rsbook.smooth import Smooth
+from rsbook.stats import clopper_pearson_lower
 
 
 def _gap(p_l, p_others, k, sigma, radius):

@@ -1,7 +1,7 @@
 """FaRS: certification in the embedding space of a 1-Lipschitz backbone (Ghazanfari, "FaRS: Fast
 Randomized Smoothing", Sec. 2).
 
-The classifier is f = l o e, with e a backbone that is 1-Lipschitz in l2 (rsbook.lipschitz) and l a
+The classifier is f = l o e, with e a backbone that is 1-Lipschitz in l2 (rsbook.fars.lipschitz) and l a
 small head. Proposition 1: a radius r certified for the head at z = e(x) is certified for f at x,
 since ||e(x + delta) - e(x)||_2 <= ||delta||_2. More generally an L-Lipschitz backbone carries a
 radius r in embedding space to r / L in input space (`carry_radius`).
@@ -50,7 +50,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsbook._checks import check_alpha, check_num_classes, check_positive_int, check_sigma
+from rsbook._checks import (
+    check_alpha,
+    check_generator,
+    check_num_classes,
+    check_positive_int,
+    check_sigma,
+)
 from rsbook.bounds import certified_gap
 from rsbook.smooth import ABSTAIN
 
@@ -277,10 +283,6 @@ class SparsemaxSmooth:
             raise ValueError(f"z must be one embedding of shape (features,), got {tuple(z.shape)}")
         return z.to(self.device)
 
-    def _check_generator(self, generator):
-        if generator is not None and torch.device(generator.device).type != self.device.type:
-            raise ValueError(f"generator lives on {generator.device}, but sampling runs on {self.device}")
-
     def soft_outputs(self, batch: torch.Tensor) -> torch.Tensor:
         """h on a batch of embeddings: sparsemax(head(batch), r) / r, rows in the probability simplex."""
         logits = self.head(batch)
@@ -294,7 +296,7 @@ class SparsemaxSmooth:
         tensor (num_classes,) on the host. The sampling loop stays on the device."""
         num = check_positive_int(num, "num")
         batch_size = check_positive_int(batch_size, "batch_size")
-        self._check_generator(generator)
+        check_generator(generator, self.device)
         z = self._prepare(z)
         total = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
         squares = torch.zeros_like(total)
@@ -391,7 +393,7 @@ def build_head(in_features: int, num_classes: int, hidden=()) -> nn.Module:
 
 class FaRS(nn.Module):
     """f = head o backbone (FaRS Sec. 2.1, Figure 2a). `backbone` must be 1-Lipschitz in l2 (e.g.
-    rsbook.lipschitz.sll_backbone) for radii certified on the head to hold at x (Proposition 1);
+    rsbook.fars.lipschitz.sll_backbone) for radii certified on the head to hold at x (Proposition 1);
     its `lipschitz_constant` attribute (default 1.0) is used by `carry_radius`."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module):
