@@ -8,6 +8,9 @@ Three engines on the same model, input shape and batch size, in noisy samples pe
              randn_like, predictions copied to the host every batch and counted in a Python loop
 On a GPU it also measures certify with bf16 autocast, channels_last and a batch size tuned to
 memory, and the top-1 agreement of bf16 with fp32 over the noisy samples.
+Per case it also measures "robust at r?" decisions (rsbook.throughput.decision_rates): samples per
+decision and decisions per second of sequential certification (Smooth.certify_radius) against fixed-n
+CERTIFY with n = n_max, on the case's input at radius 0.25.
 
 Prints the ratios and writes them to benchmarks/results/latest.json (or --out).
 """
@@ -30,7 +33,7 @@ from rsbook._io import atomic_write
 from rsbook.models import build
 from rsbook.smooth import ABSTAIN, Smooth, autocast_agreement, largest_batch_size
 from rsbook.stats import clopper_pearson_lower
-from rsbook.throughput import engine_rates, timed
+from rsbook.throughput import decision_rates, engine_rates, timed
 
 HEADLINE = "cifar_resnet110"
 
@@ -70,7 +73,9 @@ def bench_case(arch, dataset, shape, classes, batch_size, n0, n, repeats, device
     result = {"arch": arch, "input_shape": list(shape), "batch_size": batch_size, "n0": n0, "n": n,
               "repeats": repeats, "rates_samples_per_s": rates,
               "certify_over_raw": rates["certify"] / rates["raw"],
-              "certify_over_reference": rates["certify"] / rates["reference"]}
+              "certify_over_reference": rates["certify"] / rates["reference"],
+              "decisions": decision_rates(smooth, x, radius=0.25, n0=n0, n_max=n, alpha=0.001, batch_size=batch_size,
+                                          decisions=max(1, repeats))}
     if gpu_extras:
         fast = Smooth(model, classes, sigma, device=device, precision="bf16", channels_last=x.dim() == 3)
         tuned = largest_batch_size(fast, shape, start=batch_size, limit=1 << 15)
@@ -108,6 +113,9 @@ def main(argv=None) -> int:
         "cifar_resnet110": dict(arch="cifar_resnet110", dataset="cifar10", shape=(3, 32, 32), classes=10, batch_size=400 if gpu else 100,
                                 n0=100, n=100_000 if gpu else 500),
     }
+    if gpu:  # ImageNet's ResNet-50 at 224 x 224: too slow to measure on a CPU
+        cases["resnet50"] = dict(arch="resnet50", dataset="imagenet", shape=(3, 224, 224), classes=1000, batch_size=400,
+                                 n0=100, n=10_000)
     if args.quick:
         for case in cases.values():
             case.update(n0=case["batch_size"] // 10, n=2 * case["batch_size"])
@@ -120,6 +128,10 @@ def main(argv=None) -> int:
         r = results[name]
         print(f"[bench] {name}: certify/raw = {r['certify_over_raw']:.3f}, certify/reference = "
               f"{r['certify_over_reference']:.2f}x  ({r['rates_samples_per_s']['certify']:.0f} samples/s)", flush=True)
+        d = r["decisions"]
+        print(f"[bench] {name}: sequential {d['sequential_samples_per_decision']:.0f} samples/decision, "
+              f"{d['sequential_decisions_per_s']:.2f} decisions/s; fixed n {d['fixed_samples_per_decision']:.0f} "
+              f"samples/decision, {d['fixed_decisions_per_s']:.2f} decisions/s", flush=True)
     headline = results[HEADLINE]
     payload = {
         "device": describe(device),

@@ -3,13 +3,17 @@
     rsbook certify --dataset rancer_toy --checkpoint CKPT [--arch rancer_mlp] --sigma 0.25 --n0 100 --n 100000
                    --alpha 0.001 --batch 1000 [--skip 1] [--max -1] [--seed 0] --out runs/x/certify.tsv
     rsbook predict --dataset digits --checkpoint CKPT --sigma 0.25 --n 1000 --alpha 0.001 --batch 500 --out LOG
-    rsbook train --dataset digits --arch digits_cnn --noise-sd 0.25 --epochs 30 --seed 0 --out runs/digits/0.25
+    rsbook train --dataset digits --arch digits_cnn --noise-sd 0.25 [--epochs 10] --seed 0 --out runs/digits/0.25
     rsbook fetch [NAME ...] [--all] [--list]
 
 Under `torchrun --nproc_per_node=K -m rsbook -- certify ...` each process certifies a disjoint shard
 of the examples and rank 0 merges the shards into the log. The `--` keeps torchrun's own parser,
 which would read `--n` and `--max` as ambiguous abbreviations of its --nnodes and --max-restarts, off
 our flags; `-n`/`--num-samples` and `--max-index` are aliases that need no `--`.
+
+Training hyperparameters left out take the dataset's defaults (rsbook.train.DEFAULTS, listed by
+`rsbook train --help`); the values used go into the run's manifest.json. Progress goes to stderr: a
+bar on a terminal, plain lines in files and pipes (rsbook.progress).
 """
 
 from __future__ import annotations
@@ -42,11 +46,14 @@ def _add_smoothing_arguments(parser: argparse.ArgumentParser, certify: bool):
                         help="stop before this example index (default: all); under torchrun write --max-index")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-example noise streams (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--out", required=True, type=Path, help="log file; its folder receives manifest.json")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="log file; its manifest goes beside it as <log>.manifest.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rsbook.train import SCHEDULES
+
     parser = argparse.ArgumentParser(prog="rsbook", description="Randomized-smoothing certificates and the "
                                      "artifacts of the papers rsbook reproduces.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,26 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="PREDICT every selected example of a dataset (Cohen et al. 2019)")
     _add_smoothing_arguments(predict, certify=False)
     train = commands.add_parser("train", help="train a base classifier with Gaussian noise augmentation "
-                                "(Cohen et al. 2019, Sec. 3.3)")
+                                "(Cohen et al. 2019, Sec. 3.3)", epilog=_training_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--dataset", required=True, help="dataset name (rsbook.data.DATASETS)")
     train.add_argument("--arch", required=True, help="architecture (rsbook.models.ARCHITECTURES)")
     train.add_argument("--noise-sd", required=True, type=float, help="training noise level sigma")
-    train.add_argument("--epochs", type=int, default=90, help="epochs (default 90, the paper's)")
-    train.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
-    train.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
-    train.add_argument("--lr-step", type=int, default=30, help="multiply the lr by 0.1 every this many epochs")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    train.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (default 1e-4)")
+    train.add_argument("--epochs", type=int, help="epochs (default: the dataset's)")
+    train.add_argument("--batch", type=int, help="batch size (default: the dataset's)")
+    train.add_argument("--lr", type=float, help="initial learning rate (default: the dataset's)")
+    train.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: the dataset's; "
+                       "'step' when --lr-step or --gamma is given)")
+    train.add_argument("--lr-step", type=int, help="step schedule: multiply the lr by --gamma every this many epochs")
+    train.add_argument("--gamma", type=float, help="step schedule: the lr's factor at each step")
+    train.add_argument("--momentum", type=float, help="SGD momentum (default: the dataset's)")
+    train.add_argument("--weight-decay", type=float, help="weight decay (default: the dataset's)")
     train.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     train.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation and noise")
     train.add_argument("--device", default="cpu", help="torch device (default cpu)")
     train.add_argument("--out", required=True, type=Path, help="folder for checkpoint.pt, train_log.tsv, manifest")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-progress", action="store_true", help="no progress output")
     fetch = commands.add_parser("fetch", help="fetch the authors' released artifacts into the cache")
     fetch.add_argument("names", nargs="*", help="artifact names (see --list)")
     fetch.add_argument("--all", action="store_true", help="fetch every pinned artifact")
     fetch.add_argument("--list", action="store_true", help="list the pinned artifacts")
     return parser
+
+
+def _training_epilog() -> str:
+    from rsbook.train import DEFAULTS, describe_settings
+
+    return "\n".join(["defaults per dataset (rsbook.train.DEFAULTS):"]
+                     + [f"  {dataset}: {describe_settings(values)}" for dataset, values in DEFAULTS.items()])
 
 
 def _sha256(path: Path) -> str:
@@ -124,7 +142,8 @@ def _train_command(args) -> Path:
 
     return train(args.dataset, args.arch, args.noise_sd, args.epochs, args.out, seed=args.seed,
                  batch_size=args.batch, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                 lr_step=args.lr_step, workers=args.workers, device=args.device, progress=not args.no_progress)
+                 lr_step=args.lr_step, gamma=args.gamma, schedule=args.schedule, workers=args.workers,
+                 device=args.device, progress=not args.no_progress)
 
 
 def _init_distributed(device: str) -> bool:

@@ -25,12 +25,19 @@ CIFAR-10 random 32x32 crop of the image zero-padded by 4 + random horizontal fli
 Imagenette RandomResizedCrop(224) + random horizontal flip. Evaluation transforms are deterministic:
 CIFAR-10 none, ImageNet/Imagenette Resize(256) + CenterCrop(224). Random transforms draw from torch's
 global generator (seeded by torch.manual_seed, and per worker by a DataLoader's generator).
+
+For checks before a run (rsbook.preflight): `layout(name)` states an on-disk dataset's layout,
+FULL_SIZES the real datasets' counts, and `survey(name, split)` lists every defect of a split on disk
+and counts its examples without decoding an image.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +45,8 @@ from torch.utils.data import Dataset
 
 from rsbook.paths import data_dir
 
-__all__ = ["ArrayDataset", "CifarDataset", "load_dataset", "num_classes", "input_shape", "DATASETS"]
+__all__ = ["ArrayDataset", "CifarDataset", "load_dataset", "num_classes", "input_shape", "DATASETS", "FULL_SIZES",
+           "layout", "Survey", "survey"]
 
 DIGITS_TEST_FRACTION = 0.3
 DIGITS_SPLIT_SEED = 0
@@ -125,33 +133,39 @@ def _root(name: str, folder: str, layout: str):
     return root
 
 
-def _cifar10_batch(path) -> tuple[np.ndarray, np.ndarray]:
-    """(data uint8 (N, 3072), labels int64 (N,)) of one CIFAR-10 batch file. Reading a pickle runs
-    code named in it: point RSBOOK_DATA only at files you trust."""
+def _read_cifar10_batch(path) -> tuple[np.ndarray, np.ndarray]:
+    """_cifar10_batch without the layout in its error messages (survey states the layout once)."""
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 batch file {path} does not exist; {CIFAR10_LAYOUT}")
+        raise FileNotFoundError(f"CIFAR-10 batch file {path} does not exist")
     try:
         with open(path, "rb") as handle:
             batch = pickle.load(handle, encoding="bytes")
     except Exception as err:
-        raise ValueError(f"CIFAR-10 batch file {path} is not a readable pickle ({err}); {CIFAR10_LAYOUT}") from err
+        raise ValueError(f"CIFAR-10 batch file {path} is not a readable pickle ({err})") from err
     if not isinstance(batch, dict):
-        raise ValueError(f"CIFAR-10 batch file {path} holds a {type(batch).__name__}, not a dict; {CIFAR10_LAYOUT}")
+        raise ValueError(f"CIFAR-10 batch file {path} holds a {type(batch).__name__}, not a dict")
     missing = [repr(key) for key in (b"data", b"labels") if key not in batch]
     if missing:
-        raise ValueError(f"CIFAR-10 batch file {path} lacks {', '.join(missing)}; {CIFAR10_LAYOUT}")
+        raise ValueError(f"CIFAR-10 batch file {path} lacks {', '.join(missing)}")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(
-            f"CIFAR-10 batch file {path}: b'data' is {data.dtype} of shape {data.shape}; {CIFAR10_LAYOUT}"
-        )
+        raise ValueError(f"CIFAR-10 batch file {path}: b'data' is {data.dtype} of shape {data.shape}")
     in_range = np.issubdtype(labels.dtype, np.integer) and np.all((labels >= 0) & (labels < num_classes("cifar10")))
     if labels.shape != (len(data),) or not in_range:
         raise ValueError(
             f"CIFAR-10 batch file {path}: b'labels' ({labels.dtype}, shape {labels.shape}) are not "
-            f"{len(data)} ints in 0..9, one per image; {CIFAR10_LAYOUT}"
+            f"{len(data)} ints in 0..9, one per image"
         )
     return data, labels.astype(np.int64)
+
+
+def _cifar10_batch(path) -> tuple[np.ndarray, np.ndarray]:
+    """(data uint8 (N, 3072), labels int64 (N,)) of one CIFAR-10 batch file. Reading a pickle runs
+    code named in it: point RSBOOK_DATA only at files you trust."""
+    try:
+        return _read_cifar10_batch(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{err}; {CIFAR10_LAYOUT}") from err.__cause__
 
 
 def _cifar10_augmentation():
@@ -257,3 +271,120 @@ def num_classes(name: str) -> int:
 def input_shape(name: str) -> tuple[int, ...]:
     """Shape of one input x of dataset `name`, e.g. (3, 32, 32) for cifar10."""
     return tuple(_entry(name)["input_shape"])
+
+
+# ------------------------------------------------------------------ layouts and fast counts (rsbook.preflight)
+
+FULL_SIZES = {
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "imagenet": {"train": None, "test": 50_000},
+    "imagenette": {"train": 9_469, "test": 3_925},
+}
+"""Examples per split of the real on-disk datasets (the keys are the datasets read from $RSBOOK_DATA).
+None: not counted by a preflight check (ImageNet's 1,281,167 training images take minutes to list on
+network storage); each of its class folders must still hold an image."""
+
+
+def layout(name: str) -> str:
+    """The on-disk layout dataset `name` is read from, as the sentence error messages end with
+    ("expected $RSBOOK_DATA/..."). Raises ValueError for an unknown or embedded dataset."""
+    _entry(name)
+    if name not in FULL_SIZES:
+        raise ValueError(f"dataset {name!r} is embedded and has no on-disk layout; on-disk datasets: "
+                         f"{sorted(FULL_SIZES)}")
+    return CIFAR10_LAYOUT if name == "cifar10" else _image_folder_layout(name)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What `survey` found for one split on disk.
+
+    folder: the split's folder (ImageFolder) or cifar-10-batches-py/, None when RSBOOK_DATA is unusable;
+    examples: the number of examples, None when not counted or when a problem prevents a count;
+    classes: the sorted class-folder names (ImageFolder), None for CIFAR-10 (its labels are checked
+    to lie in 0..9 instead); problems: every defect found, each naming the path (without the layout:
+    `layout(dataset)` gives it); empty when load_dataset would find the split well-formed."""
+
+    dataset: str
+    split: str
+    folder: Path | None
+    examples: int | None
+    classes: tuple[str, ...] | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _image_count(folder: Path, extensions: tuple[str, ...], stop_at_first: bool) -> int:
+    """Files under `folder` (any depth, links followed) with an image extension, as ImageFolder counts
+    them; never opened."""
+    count = 0
+    for _, _, files in os.walk(folder, followlinks=True):
+        for file in files:
+            if file.lower().endswith(extensions):
+                count += 1
+                if stop_at_first:
+                    return count
+    return count
+
+
+def _list(names, limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def survey(name: str, split: str = "test", count: bool = True) -> Survey:
+    """Check split `split` of on-disk dataset `name` under $RSBOOK_DATA without decoding an image, and
+    collect every defect instead of stopping at the first.
+
+    CIFAR-10: every batch file of the split is unpickled and checked as load_dataset checks it;
+    examples is the total length of their label lists (always counted). ImageFolder (imagenet,
+    imagenette): lists the class folders of train/ or val/ and counts, in each, the files with an
+    image extension torchvision's ImageFolder accepts (count=False: stops at each folder's first
+    image, examples is None). Problems: RSBOOK_DATA unset or not a folder, a missing dataset or split
+    folder, a missing or malformed batch file, no class folders, more class folders than the dataset's
+    classes, class folders without images. Raises ValueError for an unknown dataset or split, or an
+    embedded dataset. Like load_dataset, it unpickles the CIFAR-10 batches, which runs code named in
+    them: point RSBOOK_DATA only at files you trust."""
+    entry = _entry(name)
+    if name not in FULL_SIZES:
+        raise ValueError(f"dataset {name!r} is embedded and has nothing on disk to survey; on-disk datasets: "
+                         f"{sorted(FULL_SIZES)}")
+    if split not in entry["splits"]:
+        raise ValueError(f"split must be one of {entry['splits']} for dataset {name!r}, got {split!r}")
+    folder_name = CIFAR10_FOLDER if name == "cifar10" else name
+    try:
+        root = data_dir() / folder_name
+    except FileNotFoundError as err:
+        return Survey(name, split, None, None, None, (str(err),))
+    if not root.is_dir():
+        return Survey(name, split, root, None, None, (f"folder {root} does not exist",))
+    if name == "cifar10":
+        problems, examples = [], 0
+        for file in CIFAR10_FILES[split]:
+            try:
+                examples += len(_read_cifar10_batch(root / file)[1])
+            except (FileNotFoundError, ValueError) as err:
+                problems.append(str(err))
+        return Survey(name, split, root, None if problems else examples, None, tuple(problems))
+    folder = root / IMAGE_FOLDER_SPLITS[split]
+    if not folder.is_dir():
+        return Survey(name, split, folder, None, None, (f"split folder {folder} does not exist",))
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = tuple(sorted(item.name for item in os.scandir(folder) if item.is_dir()))
+    problems = []
+    if not classes:
+        problems.append(f"split folder {folder} has no class folders")
+    limit = DATASETS[name]["num_classes"]
+    if len(classes) > limit:
+        problems.append(f"split folder {folder} has {len(classes)} class folders, more than its {limit} classes")
+    counts = {c: _image_count(folder / c, IMG_EXTENSIONS, stop_at_first=not count) for c in classes}
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        problems.append(f"split folder {folder}: {len(empty)} class folder(s) hold no image file "
+                        f"({', '.join(IMG_EXTENSIONS)}): {_list(empty)}")
+    examples = sum(counts.values()) if count and not problems else None
+    return Survey(name, split, folder, examples, classes, tuple(problems))

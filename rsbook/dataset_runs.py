@@ -5,7 +5,9 @@ Examples are selected as in the authors' certify.py: index i is used when i % sk
 (rsbook.streams: 'select' and 'estimate' for CERTIFY, 'predict' for PREDICT), so a row does not
 depend on which process or which resume computed it. Rows are appended and
 flushed one by one; rerunning the same command skips the rows already in the log, and rerunning
-with a larger max_index appends only the missing ones.
+with a larger max_index appends only the missing ones. Each log has its own manifest,
+`<log>.manifest.json` (rsbook.logs.begin_log), so several logs and a training run can share a folder;
+a log is immutable: resuming it with other parameters is refused, naming them.
 
 Under torch.distributed (e.g. `torchrun --nproc_per_node=K -m rsbook certify ...`) rank r takes
 every K-th example still missing, writes it to the shard `<log>.part<r>`, and rank 0 merges the
@@ -19,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from rsbook import streams
 from rsbook._checks import check_alpha, check_positive_int, check_seed
-from rsbook.logs import LogWriter, begin_run, finish_manifest, read_log, write_log
+from rsbook.logs import LogWriter, begin_log, finish_log, read_log, write_log
+from rsbook.progress import track
 from rsbook.smooth import Smooth
 
 __all__ = ["selected_indices", "certify_dataset", "predict_dataset", "merge_parts"]
@@ -85,7 +87,7 @@ def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, s
     error = None
     if rank == 0:
         try:
-            begin_run(out.parent, identity, seed=seed, device=smooth.device, max_index=max_index)
+            begin_log(out, identity, seed=seed, device=smooth.device, max_index=max_index)
             merge_parts(out, kind)
         except Exception as err:  # every rank must learn of it, or the others wait forever
             error = err
@@ -96,8 +98,8 @@ def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, s
     target = out if world == 1 else out.with_name(f"{out.name}.part{rank}")
     with LogWriter(target, kind) as writer:
         todo = [i for i in chosen if i not in done and i not in writer.done][rank::world]
-        for idx in tqdm(todo, desc=f"{kind} {out.name}" + (f" [rank {rank}]" if world > 1 else ""),
-                        unit="example", disable=not progress, position=rank):
+        for idx in track(todo, f"{kind} {out.name}" + (f" [rank {rank}]" if world > 1 else ""), unit="example",
+                         disable=not progress, position=rank):
             x, label = dataset[idx]
             start = clock()
             prediction, radius = step(x, idx)
@@ -107,7 +109,7 @@ def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, s
         torch.distributed.barrier()
     if rank == 0:
         merge_parts(out, kind)
-        finish_manifest(out.parent)
+        finish_log(out)
     if world > 1:
         torch.distributed.barrier()
     return out
@@ -118,9 +120,11 @@ def certify_dataset(smooth: Smooth, dataset, out, *, n0: int, n: int, alpha: flo
                     progress: bool = True, clock=time.perf_counter) -> Path:
     """Run Smooth.certify (Cohen et al. 2019, Sec. 3.2.2) on the selected examples of `dataset`
     (a sequence of (x, label)), appending `idx label predict radius correct time` rows to `out`,
-    with a manifest.json beside it. `indices` overrides the selection (e.g. one shard per rank).
-    `parameters` are recorded in the manifest (dataset, checkpoint, ...); a folder that already
-    holds a run with other parameters is refused. Returns the log's path."""
+    with its manifest `<log>.manifest.json` beside it. `indices` overrides the selection (e.g. one
+    shard per rank). `parameters` are recorded in the manifest (dataset, checkpoint, ...); resuming a
+    log written with other parameters raises ValueError naming them, while other logs and a training
+    run may share the folder. `progress`: a bar on a terminal, plain lines otherwise
+    (rsbook.progress.track). Returns the log's path."""
     recorded = {**(parameters or {}), "n0": check_positive_int(n0, "n0"), "n": check_positive_int(n, "n"),
                 "alpha": check_alpha(alpha), "batch": check_positive_int(batch_size, "batch_size")}
     return _run("certify", smooth, dataset, out, recorded, seed, skip, max_index, indices, progress, clock,

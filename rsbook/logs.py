@@ -1,4 +1,4 @@
-"""Certify and predict logs in the authors' TSV format, and the manifest of every run folder.
+"""Certify and predict logs in the authors' TSV format, and the manifests of run folders and logs.
 
 Certify log (locuslab/smoothing `certify.py`):  idx  label  predict  radius  correct  time
 Predict log (locuslab/smoothing `predict.py`):  idx  label  predict  correct  time
@@ -44,6 +44,10 @@ __all__ = [
     "begin_run",
     "finish_manifest",
     "run_manifest",
+    "log_manifest",
+    "read_log_manifest",
+    "begin_log",
+    "finish_log",
 ]
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
@@ -298,6 +302,7 @@ class LogWriter:
 # ----------------------------------------------------------------------------------------- manifests
 
 MANIFEST = "manifest.json"
+LOG_MANIFEST_SUFFIX = ".manifest.json"
 _PACKAGES = ("rsbook", "torch", "torchvision", "numpy", "scipy", "statsmodels", "pandas", "cvxpy")
 
 
@@ -343,18 +348,31 @@ def _write_json_atomic(path: Path, payload: dict):
         out.write("\n")
 
 
-def read_manifest(run_dir) -> dict:
-    """The manifest.json of a run folder."""
-    path = Path(run_dir) / MANIFEST
+def _read_json(path: Path, subject: str) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"run folder {run_dir} has no {MANIFEST}")
+        raise FileNotFoundError(f"{subject} has no {path.name}")
     return json.loads(path.read_text())
 
 
-def write_manifest(run_dir, parameters: dict, seed=None, device=None, **extra) -> Path:
-    """Write run_dir/manifest.json: parameters, seed, package versions, git commit, device, and
-    start time (end time null until the run finishes). Written atomically."""
-    payload = {
+def read_manifest(run_dir) -> dict:
+    """The manifest.json of a run folder."""
+    return _read_json(Path(run_dir) / MANIFEST, f"run folder {run_dir}")
+
+
+def log_manifest(log) -> Path:
+    """Where the manifest of a certify or predict log lives: `<log>.manifest.json` beside it, so that
+    several logs and a training run can share a folder, each with its own parameters."""
+    log = Path(log)
+    return log.with_name(log.name + LOG_MANIFEST_SUFFIX)
+
+
+def read_log_manifest(log) -> dict:
+    """The manifest of a certify or predict log (log_manifest)."""
+    return _read_json(log_manifest(log), f"log {log}")
+
+
+def _payload(parameters: dict, seed, device, extra: dict) -> dict:
+    return {
         "parameters": parameters,
         "seed": seed,
         "versions": _versions(),
@@ -364,8 +382,13 @@ def write_manifest(run_dir, parameters: dict, seed=None, device=None, **extra) -
         "end_time": None,
         **extra,
     }
+
+
+def write_manifest(run_dir, parameters: dict, seed=None, device=None, **extra) -> Path:
+    """Write run_dir/manifest.json: parameters, seed, package versions, git commit, device, and
+    start time (end time null until the run finishes). Written atomically."""
     path = Path(run_dir) / MANIFEST
-    _write_json_atomic(path, payload)
+    _write_json_atomic(path, _payload(parameters, seed, device, extra))
     return path
 
 
@@ -377,43 +400,94 @@ def run_manifest(run_dir, parameters: dict, seed=None, device=None, **extra):
     finish_manifest(run_dir)
 
 
-def begin_run(run_dir, parameters: dict, seed=None, device=None, **extra) -> Path:
-    """Start or resume the run in `run_dir`; return its manifest path.
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
-    A new folder gets a manifest; an existing one must have been written with the same
-    parameters and seed (a run folder is immutable: resuming may only finish or extend it), otherwise
-    ValueError names the differing parameters. `extra` fields (e.g. how far the run should go) are
-    recorded and updated on resume.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / MANIFEST
+
+def _begin(path: Path, subject: str, advice: str, parameters: dict, seed, device, extra: dict) -> Path:
+    """Start the run whose manifest is `path`, or resume it if its parameters and seed are the same."""
     parameters, seed = json.loads(json.dumps([parameters, seed], default=str))
     if path.exists():
-        old = read_manifest(run_dir)
-        if old.get("parameters") != parameters or old.get("seed") != seed:
-            keys = sorted(set(old.get("parameters", {})) | set(parameters))
-            diff = [k for k in keys if old.get("parameters", {}).get(k) != parameters.get(k)]
-            if old.get("seed") != seed:
-                diff.append("seed")
-            raise ValueError(
-                f"run folder {run_dir} holds a run with different parameters ({', '.join(diff)}); "
-                "runs are immutable: choose a new output folder"
-            )
+        old = json.loads(path.read_text())
+        recorded = old.get("parameters", {})
+        pairs = [(k, recorded.get(k), parameters.get(k)) for k in sorted(set(recorded) | set(parameters))]
+        diff = [(k, a, b) for k, a, b in pairs + [("seed", old.get("seed"), seed)] if a != b]
+        if diff:
+            detail = "; ".join(f"{k}: recorded {_short(a)}, requested {_short(b)}" for k, a, b in diff)
+            diff = [k for k, _, _ in diff]
+            raise ValueError(f"{subject} holds a run with different parameters ({', '.join(diff)}): {detail}. "
+                             f"Runs are immutable: {advice}")
         old.setdefault("resumed", []).append(_now())
         old.update(extra)
         old["end_time"] = None
         _write_json_atomic(path, old)
     else:
-        write_manifest(run_dir, parameters, seed=seed, device=device, **extra)
+        _write_json_atomic(path, _payload(parameters, seed, device, extra))
     return path
+
+
+def _finish(path: Path, subject: str) -> dict:
+    manifest = _read_json(path, subject)
+    manifest["end_time"] = _now()
+    _write_json_atomic(path, manifest)
+    return manifest
+
+
+def begin_run(run_dir, parameters: dict, seed=None, device=None, **extra) -> Path:
+    """Start or resume the run in `run_dir`; return its manifest path (run_dir/manifest.json).
+
+    A new folder gets a manifest; an existing one must have been written with the same
+    parameters and seed (a run folder is immutable: resuming may only finish or extend it), otherwise
+    ValueError names each differing parameter with its recorded and requested value, and nothing is
+    written. `extra` fields (e.g. how far the run should go) are recorded and updated on resume.
+    """
+    run_dir = Path(run_dir)
+    return _begin(run_dir / MANIFEST, f"run folder {run_dir}", "choose a new output folder", parameters, seed,
+                  device, extra)
 
 
 def finish_manifest(run_dir) -> dict:
     """Stamp the end time into run_dir/manifest.json (atomically) and return the manifest."""
-    manifest = read_manifest(run_dir)
-    manifest["end_time"] = _now()
-    _write_json_atomic(Path(run_dir) / MANIFEST, manifest)
-    return manifest
+    return _finish(Path(run_dir) / MANIFEST, f"run folder {run_dir}")
+
+
+def _adopt_folder_manifest(log: Path):
+    """Before per-log manifests a log's parameters lived in its folder's manifest.json (one log per
+    folder). Move such a manifest to the log's own, so that resuming it keeps its immutability check
+    and frees the folder for other logs or a training run; refuse a log with rows but no manifest."""
+    if log_manifest(log).exists():
+        return
+    if not (log.exists() and log.stat().st_size > 0) and not any(log.parent.glob(f"{log.name}.part*")):
+        return
+    legacy = log.parent / MANIFEST
+    if legacy.is_file():
+        payload = json.loads(legacy.read_text())
+        if payload.get("parameters", {}).get("log") == log.name:
+            _write_json_atomic(log_manifest(log), payload)
+            legacy.unlink()
+            return
+    raise ValueError(f"log {log} exists but has no manifest {log_manifest(log).name}, so the parameters it was "
+                     "written with are unknown: write to another path, or remove the log to start afresh")
+
+
+def begin_log(log, parameters: dict, seed=None, device=None, **extra) -> Path:
+    """Start or resume the certify or predict log `log`; return its manifest path (log_manifest).
+
+    The same contract as begin_run, per log: each log has its own manifest, so logs with other
+    parameters (and a training run) may share the folder, while resuming one log with parameters
+    other than those it was written with raises ValueError naming them. A log left by an older
+    rsbook whose folder manifest.json describes it (its parameters' 'log' is the log's name) has
+    that manifest moved to the log's own; a log with rows but no manifest at all is refused.
+    """
+    log = Path(log)
+    _adopt_folder_manifest(log)
+    return _begin(log_manifest(log), f"log {log}", "write to another log path", parameters, seed, device, extra)
+
+
+def finish_log(log) -> dict:
+    """Stamp the end time into the log's manifest (atomically) and return the manifest."""
+    return _finish(log_manifest(log), f"log {log}")
 
 
 def run_folder(root, kind: str, label: str, parameters: dict) -> Path:

@@ -21,11 +21,16 @@ from rsbook.logs import finish_manifest, read_manifest, write_manifest
 from rsbook.paths import runs_dir
 
 __all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without_tables", "comparison_table",
-           "styled", "COMPARISONS", "COMPUTED"]
+           "styled", "comparisons", "house_style", "COMPARISONS", "COMPUTED", "TABLE_CLASS"]
 
 COMPARISONS = "comparisons.csv"
 COMPUTED = "computed (nothing published to compare)"
 _STATUS_COLORS = {STATUSES[1]: "#fff3c4", STATUSES[2]: "#ffd6d6", DIFFERENT_DATA: "#e8e8e8"}
+TABLE_CLASS = "rsbook-table"
+"""The HTML class of every table the book displays (styled, comparison_table)."""
+_CELL_PADDING = "0.25em 0.5em"
+_COMPARISON_KEY = ("Per row: ours, paper, Δ = ours − paper. Yellow: within tolerance; red: differs; grey: "
+                   "different data (shown, not judged).")
 
 
 class ChapterRun:
@@ -60,17 +65,22 @@ class ChapterRun:
                          same_data=same_data)
         self._records.append(result.assign(document=document, table=table, section=section, chapter=self.chapter))
         self._save()
-        return result, comparison_table(result, paper.index.name, paper.columns.name, fmt=fmt)
+        title = published.tables().set_index(["document", "table"]).loc[(document, table), "title"]
+        caption = f"{document}, {table}: {title}. {_COMPARISON_KEY}"
+        return result, comparison_table(result, paper.index.name, paper.columns.name, fmt=fmt, caption=caption)
 
-    def record(self, document: str, table: str, ours: pd.DataFrame, section: str, fmt: str = "{:.3f}"):
+    def record(self, document: str, table: str, ours: pd.DataFrame, section: str, fmt: str = "{:.3f}",
+               caption: str | None = None):
         """Record a result the document prints no number for (e.g. a measurement on our own data),
-        so that the scoreboard lists it with status COMPUTED; returns the styled table."""
+        so that the scoreboard lists it with status COMPUTED; returns the styled table, captioned
+        `caption` (default: the document and table name, marked as computed here)."""
         long = ours.stack(future_stack=True).rename("ours").reset_index()
         long.columns = ["row", "column", "ours"]
         long = long.assign(paper=np.nan, delta=np.nan, tolerance=np.nan, status=COMPUTED)
         self._records.append(long.assign(document=document, table=table, section=section, chapter=self.chapter))
         self._save()
-        return styled(ours, fmt)
+        return styled(ours, fmt, caption=caption or f"{document}, {table}: computed here; no document prints these "
+                                                    "numbers.")
 
     def _recorded(self) -> pd.DataFrame:
         if not self._records:
@@ -120,18 +130,54 @@ def _label(key) -> str:
     return f"{key:g}" if isinstance(key, (float, np.floating)) else str(key)
 
 
-def styled(frame: pd.DataFrame, fmt="{:.3f}", hide_index: bool = False):
-    """A table for display: values formatted with `fmt` (a format string or a per-column mapping),
-    numeric row and column labels printed compactly (0.5, not 0.500000)."""
+def house_style(style, caption: str | None = None):
+    """The one style of every table the book displays: cells padded so that adjacent numbers never
+    touch, numeric columns (and their headers) right-aligned in tabular figures, text columns
+    left-aligned, and `caption` above the table saying what its cells are. Takes and returns a pandas
+    Styler; the rules travel with the table's HTML (book/_static/rsbook.css gives plain DataFrames
+    the same padding)."""
+    frame = style.data
+    numeric = [i for i in range(frame.shape[1]) if _is_numeric(frame.iloc[:, i])]
+    rules = [{"selector": "", "props": "border-collapse: collapse; margin: 0.25em 0 1em;"},
+             {"selector": "th, td", "props": f"padding: {_CELL_PADDING}; text-align: left; vertical-align: top;"},
+             {"selector": "td", "props": "font-variant-numeric: tabular-nums;"},
+             {"selector": "caption", "props": "caption-side: top; text-align: left; padding: 0 0 0.4em;"
+                                              " font-size: 0.9em; line-height: 1.4; color: inherit;"}]
+    if numeric:
+        cells = ", ".join(f"td.col{i}, th.col_heading.col{i}" for i in numeric)
+        rules.append({"selector": cells, "props": "text-align: right;"})
+    style = style.set_table_styles(rules, overwrite=False)
+    attributes = style.table_attributes or ""
+    if TABLE_CLASS not in attributes:
+        style = style.set_table_attributes(f'class="{TABLE_CLASS}" {attributes}'.strip())
+    return style.set_caption(caption) if caption is not None else style
+
+
+def _is_numeric(column: pd.Series) -> bool:
+    """A column of numbers: a numeric dtype (not bool), or objects that are all ints or floats."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return False
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return True
+    values = column.dropna()
+    return len(values) > 0 and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                   for v in values)
+
+
+def styled(frame: pd.DataFrame, fmt="{:.3f}", hide_index: bool = False, caption: str | None = None):
+    """A table for display in the book's one style (house_style): values formatted with `fmt` (a
+    format string or a per-column mapping), numeric row and column labels printed compactly (0.5, not
+    0.500000), and `caption` saying what the cells are (every table the book shows has one)."""
     style = frame.style.format(fmt, na_rep="—").format_index(_label, axis=0).format_index(_label, axis=1)
-    return style.hide(axis="index") if hide_index else style
+    style = style.hide(axis="index") if hide_index else style
+    return house_style(style, caption)
 
 
 def comparison_table(result: pd.DataFrame, row_name: str | None = None, column_name: str | None = None,
-                     fmt: str = "{:.3f}"):
-    """Ours | paper | Δ as a styled table: the published layout, with three lines per published
-    row (ours, paper, Δ). Cells within tolerance are shaded yellow, cells that differ red, cells on
-    different data grey."""
+                     fmt: str = "{:.3f}", caption: str | None = None):
+    """Ours | paper | Δ as a styled table in the book's style (house_style): the published layout,
+    with three lines per published row (ours, paper, Δ). Cells within tolerance are shaded yellow,
+    cells that differ red, cells on different data grey."""
     rows, columns = pd.unique(result["row"]), pd.unique(result["column"])
     kinds = {"ours": "ours", "paper": "paper", "delta": "Δ"}
     index = pd.MultiIndex.from_tuples([(_label(r), label) for r in rows for label in kinds.values()],
@@ -140,12 +186,29 @@ def comparison_table(result: pd.DataFrame, row_name: str | None = None, column_n
                        .to_numpy(dtype=float) for kind in kinds], axis=1).reshape(len(index), len(columns))
     table = pd.DataFrame(values, index=index, columns=pd.Index([_label(c) for c in columns], name=column_name))
     status = result.pivot(index="row", columns="column", values="status").reindex(index=rows, columns=columns)
-    colors = np.repeat(np.vectorize(lambda s: f"background-color: {_STATUS_COLORS[s]}" if s in _STATUS_COLORS
-                                    else "")(status.to_numpy(dtype=object)), len(kinds), axis=0)
+    colors = np.repeat(np.vectorize(lambda s: f"background-color: {_STATUS_COLORS[s]}; color: #1a1a1a"
+                                    if s in _STATUS_COLORS else "")(status.to_numpy(dtype=object)), len(kinds), axis=0)
     delta_rows = [key for key in table.index if key[1] == "Δ"]
-    return (table.style.format(fmt, na_rep="—")
-            .format(fmt.replace("{:", "{:+"), na_rep="—", subset=pd.IndexSlice[delta_rows, :])
-            .apply(lambda frame: pd.DataFrame(colors, index=frame.index, columns=frame.columns), axis=None))
+    style = (table.style.format(fmt, na_rep="—")
+             .format(fmt.replace("{:", "{:+"), na_rep="—", subset=pd.IndexSlice[delta_rows, :])
+             .apply(lambda frame: pd.DataFrame(colors, index=frame.index, columns=frame.columns), axis=None))
+    return house_style(style, caption)
+
+
+def comparisons(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
+    """Every cell every chapter recorded under `profile` (ChapterRun.compare and .record), one
+    frame: the rows of <runs>/*/<profile>/comparisons.csv in chapter-folder order, with a `profile`
+    column. Columns: profile, chapter, section, document, table, row, column, ours, paper, delta,
+    tolerance, status (paper, delta and tolerance empty for results no document prints)."""
+    root = Path(runs) if runs is not None else runs_dir()
+    columns = ["profile", "chapter", "section", "document", "table", "row", "column", "ours", "paper", "delta",
+               "tolerance", "status"]
+    records = [pd.read_csv(path, dtype={"row": str, "column": str})
+               for path in sorted(root.glob(f"*/{profile}/{COMPARISONS}"))]
+    if not records:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat(records, ignore_index=True).assign(profile=profile)
+    return frame[columns + [c for c in frame.columns if c not in columns]]
 
 
 def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
@@ -157,11 +220,7 @@ def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
     and by a re-run) gets one row per chapter; results recorded with ChapterRun.record, for which
     no document prints a number, are listed after their document's tables with status COMPUTED.
     Reads <runs>/*/<profile>/comparisons.csv."""
-    root = Path(runs) if runs is not None else runs_dir()
-    records = [pd.read_csv(path, dtype={"row": str, "column": str})
-               for path in sorted(root.glob(f"*/{profile}/{COMPARISONS}"))]
-    recorded = pd.concat(records, ignore_index=True) if records else pd.DataFrame(
-        columns=["document", "table", "chapter", "section", "status"])
+    recorded = comparisons(profile, runs)
     listed = published.tables()
     extra = recorded[["document", "table"]].drop_duplicates()
     extra = extra[~extra.set_index(["document", "table"]).index.isin(listed.set_index(["document", "table"]).index)]

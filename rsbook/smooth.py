@@ -20,6 +20,7 @@ from rsbook._checks import (
     check_sigma,
 )
 from rsbook.bounds import certified_gap
+from rsbook.sequential import certify_radius as sequential_certify
 from rsbook.stats import binomial_pvalue, clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "Smooth", "autocast_agreement", "largest_batch_size"]
@@ -112,6 +113,34 @@ class Smooth:
         if gap is None:
             return ABSTAIN, 0.0
         return int(c_hat), self.sigma * gap
+
+    def certify_radius(self, x, radius: float, n0: int, n_max: int, alpha: float, batch_size: int, generator=None,
+                       method: str = "betting", estimate_generator=None, **options):
+        """Is g robust at `radius` around x? CERTIFY's question at one radius, decided sequentially
+        (rsbook.sequential.certify_radius): returns (prediction, certified, samples).
+
+        As in CERTIFY (Cohen et al. 2019, Sec. 3.2.2) n0 selection samples (from `generator`) guess c_A; then
+        fresh samples (from `estimate_generator`, else continuing `generator`) are drawn, in looks of at most
+        batch_size, until the test certifies p_A >= Phi(radius / sigma), stops for futility, or has drawn n_max.
+        prediction is c_A when certified, else ABSTAIN; samples counts every draw of the call, n0 included.
+
+        Guarantee (Theorem 1 with p_B = 1 - p_A, and Ville's inequality or the union bound over the looks): with
+        probability at least 1 - alpha, a certified prediction is g(x') for every ||x' - x||_2 < radius.
+        `options` go to rsbook.sequential.plan (futility, prior, first, growth).
+        """
+        x, finite = self._validate(x, generator, alpha, batch_size, n0=n0, n_max=n_max)
+        check_generator(estimate_generator, self.device)
+        estimate_generator = generator if estimate_generator is None else estimate_generator
+        with torch.inference_mode():
+            c_hat = self._count(x, n0, batch_size, generator).argmax()
+            c_hat = self._to_host([c_hat], finite)[0]
+
+            def draw(k):
+                return int(self._count(x, k, batch_size, estimate_generator)[c_hat])
+
+            result = sequential_certify(draw, radius, self.sigma, alpha, n_max, batch_size, method, **options)
+        prediction = int(c_hat) if result.certified else ABSTAIN
+        return prediction, result.certified, n0 + result.samples
 
     def sample_counts(self, x, num: int, batch_size: int, generator=None) -> torch.Tensor:
         """Class counts of f over `num` noisy copies of x: an int64 tensor of shape (num_classes,),

@@ -21,6 +21,8 @@ of the certificate it attacks.
     subsample  which examples a run takes, and in which order
     data       synthetic data (the toy sets)
     probe      power iterations, timing and other measurements that certify nothing
+    simulate   Binomial draws that stand in for a model's noisy samples (replays of released logs)
+    randomize  the independent uniform of a randomized test or bound (randomized Clopper-Pearson)
 
 Keys are integers (>= 0) or strings (hashed with SHA-256, so stable across processes).
 """
@@ -40,7 +42,7 @@ __all__ = ["PURPOSES", "stream_seed", "generator", "numpy_generator", "certify_g
            "seeded_global"]
 
 PURPOSES = ("select", "estimate", "predict", "optimise", "attack", "init", "shuffle", "augment", "train",
-            "evaluate", "subsample", "data", "probe")
+            "evaluate", "subsample", "data", "probe", "simulate", "randomize")
 _TAG = 0x5253424F4F4B  # "RSBOOK": keeps these entropy words apart from a bare SeedSequence(seed)
 
 

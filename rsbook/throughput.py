@@ -21,7 +21,7 @@ from rsbook._checks import check_positive_int
 from rsbook.smooth import Smooth
 
 __all__ = ["synchronize", "timed", "raw_forward_rate", "certify_rate", "measure_rates", "engine_rates",
-           "load_results"]
+           "decision_rates", "random_batch_rate", "describe_device", "load_results"]
 
 
 def synchronize(device) -> None:
@@ -52,6 +52,26 @@ def raw_forward_rate(smooth: Smooth, batch: torch.Tensor, batches: int) -> float
                 smooth.classify(batch)
 
     return batches * batch.shape[0] / timed(run, smooth.device)
+
+
+def random_batch_rate(smooth: Smooth, shape, batch_size: int, batches: int, seed: int = 0) -> float:
+    """raw_forward_rate on a uniform random batch of `batch_size` inputs of `shape` (from the 'probe' stream),
+    after one untimed warm-up batch (lazy initialisation would otherwise count as forward time)."""
+    batch_size = check_positive_int(batch_size, "batch_size")
+    generator = streams.generator(seed, "probe", "random_batch_rate")
+    batch = torch.rand((batch_size, *shape), generator=generator)
+    raw_forward_rate(smooth, batch, 1)
+    return raw_forward_rate(smooth, batch, check_positive_int(batches, "batches"))
+
+
+def describe_device(device) -> str:
+    """The device in words: the GPU's name and CUDA version, or the CPU and its torch thread count."""
+    import platform
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def certify_rate(smooth: Smooth, x: torch.Tensor, n0: int, n: int, batch_size: int, seed: int = 0) -> float:
@@ -86,6 +106,31 @@ def engine_rates(smooth: Smooth, x: torch.Tensor, *, n0: int, n: int, batch_size
                "certify": lambda: certify_rate(smooth, x, n0, n, batch_size),
                **(extra_engines or {})}
     return measure_rates(engines, repeats)
+
+
+def decision_rates(smooth: Smooth, x: torch.Tensor, *, radius: float, n0: int, n_max: int, alpha: float,
+                   batch_size: int, decisions: int = 5, method: str = "betting", seed: int = 0) -> dict:
+    """Samples per decision and decisions per second of "robust at `radius`?" on x: Smooth.certify_radius
+    (sequential, `decisions` calls on fresh 'probe' streams) against Smooth.certify with n = n_max (fixed n,
+    one call answers it). Keys: sequential_samples_per_decision, sequential_decisions_per_s,
+    fixed_samples_per_decision, fixed_decisions_per_s, certified_fraction."""
+    decisions = check_positive_int(decisions, "decisions")
+    samples, certified = [], []
+
+    def sequential():
+        for i in range(decisions):
+            generator = streams.generator(seed, "probe", "decision_rates", i, device=smooth.device)
+            _, ok, drawn = smooth.certify_radius(x, radius, n0, n_max, alpha, batch_size, generator, method=method)
+            samples.append(drawn)
+            certified.append(ok)
+
+    generator = streams.generator(seed, "probe", "decision_rates", "fixed", device=smooth.device)
+    fixed_seconds = timed(lambda: smooth.certify(x, n0, n_max, alpha, batch_size, generator=generator), smooth.device)
+    sequential_seconds = timed(sequential, smooth.device)
+    return {"sequential_samples_per_decision": statistics.fmean(samples),
+            "sequential_decisions_per_s": decisions / sequential_seconds,
+            "fixed_samples_per_decision": float(n0 + n_max), "fixed_decisions_per_s": 1.0 / fixed_seconds,
+            "certified_fraction": statistics.fmean(certified)}
 
 
 def load_results(path: str | os.PathLike | None = None) -> dict | None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rsbook.cli import main
-from rsbook.logs import read_certify_log, read_manifest, read_predict_log
+from rsbook.logs import read_certify_log, read_log_manifest, read_manifest, read_predict_log
 
 RSBOOK = [sys.executable, "-m", "rsbook"]
 
@@ -31,8 +31,33 @@ def test_certify_contract_and_append_on_larger_max(tmp_path, digits_checkpoint, 
     second = read_certify_log(log_path)
     assert second["idx"].tolist() == list(range(9))
     assert second.head(6)[["predict", "radius"]].equals(first[["predict", "radius"]])
-    manifest = read_manifest(log_path.parent)
+    manifest = read_log_manifest(log_path)
     assert manifest["parameters"]["checkpoint_sha256"] and manifest["parameters"]["arch"] == "digits_cnn"
+
+
+def test_certify_next_to_the_checkpoint_as_the_readme_does(tmp_path, capsys):
+    """Issue 13, item 2: train into a folder, then certify and predict into logs in that same folder; a
+    second log with other parameters beside them; the same log with other parameters is refused."""
+    folder = tmp_path / "runs" / "digits" / "0.25"
+    assert main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--noise-sd", "0.25", "--epochs", "1",
+                 "--batch", "128", "--out", str(folder), "--no-progress"]) == 0
+    checkpoint = folder / "checkpoint.pt"
+    assert main(_certify_args(checkpoint, folder / "certify.tsv", "--max", "3")) == 0
+    assert main(["predict", "--dataset", "digits", "--checkpoint", str(checkpoint), "--sigma", "0.25", "--n", "100",
+                 "--alpha", "0.001", "--batch", "100", "--max", "3", "--out", str(folder / "predict.tsv"),
+                 "--no-progress"]) == 0
+    other = _certify_args(checkpoint, folder / "sigma_0.50.tsv", "--max", "3")
+    other[other.index("--sigma") + 1] = "0.5"
+    assert main(other) == 0
+    capsys.readouterr()
+    assert [len(read_certify_log(folder / name)) for name in ("certify.tsv", "sigma_0.50.tsv")] == [3, 3]
+    assert read_manifest(folder)["parameters"]["noise_sd"] == 0.25  # the training run's manifest
+    assert read_log_manifest(folder / "sigma_0.50.tsv")["parameters"]["sigma"] == 0.5
+    again = _certify_args(checkpoint, folder / "certify.tsv", "--max", "3")
+    again[again.index("--sigma") + 1] = "0.5"
+    assert main(again) == 2
+    error = capsys.readouterr().err
+    assert "certify.tsv holds a run with different parameters (sigma): sigma: recorded 0.25, requested 0.5" in error
 
 
 def test_predict_command(tmp_path, digits_checkpoint):

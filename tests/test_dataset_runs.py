@@ -7,7 +7,7 @@ import pytest
 
 from rsbook.data import load_dataset
 from rsbook.dataset_runs import certify_dataset, predict_dataset, selected_indices
-from rsbook.logs import read_certify_log, read_manifest, read_predict_log
+from rsbook.logs import log_manifest, read_certify_log, read_log_manifest, read_manifest, read_predict_log
 from rsbook.models import load_checkpoint
 from rsbook.smooth import ABSTAIN, Smooth
 
@@ -41,7 +41,8 @@ def test_certify_dataset_writes_the_log_and_manifest(tmp_path, digits_checkpoint
     assert np.all((log["predict"] == -1) == (log["radius"] == 0))
     assert np.all(log.loc[log["correct"] == 1, "predict"] == log.loc[log["correct"] == 1, "label"])
     assert log["correct"].mean() > 0.5  # a noise-trained CNN on digits, sigma = 0.25
-    manifest = read_manifest(tmp_path / "run")
+    manifest = read_log_manifest(out)
+    assert log_manifest(out).name == "certify.tsv.manifest.json"
     assert manifest["parameters"]["n"] == 500 and manifest["parameters"]["dataset"] == "digits"
     assert manifest["seed"] == 0 and manifest["end_time"] is not None
 
@@ -71,7 +72,7 @@ def test_interrupted_run_resumes_to_the_identical_file(tmp_path, digits_checkpoi
     resumed = certify_dataset(_smooth(digits_checkpoint), data, tmp_path / "split" / "log.tsv",
                               clock=_fixed_clock(), **kwargs)
     assert resumed.read_bytes() == whole.read_bytes()
-    assert read_manifest(tmp_path / "split")["resumed"]
+    assert read_log_manifest(resumed)["resumed"]
 
 
 def test_larger_max_appends_only_missing_rows(tmp_path, digits_checkpoint):
@@ -84,18 +85,44 @@ def test_larger_max_appends_only_missing_rows(tmp_path, digits_checkpoint):
     second = read_certify_log(path)
     assert second["idx"].tolist() == list(range(8))
     assert second.head(5)[["predict", "radius"]].equals(first[["predict", "radius"]])
-    assert read_manifest(tmp_path / "run")["max_index"] == 8
+    assert read_log_manifest(path)["max_index"] == 8
 
 
-def test_a_run_folder_refuses_other_parameters(tmp_path, digits_checkpoint):
+def test_a_log_refuses_other_parameters(tmp_path, digits_checkpoint):
     data = load_dataset("digits", "test")
     path = tmp_path / "run" / "log.tsv"
     certify_dataset(_smooth(digits_checkpoint), data, path, n0=10, n=100, alpha=0.01, batch_size=100,
                     max_index=2, progress=False)
-    with pytest.raises(ValueError, match="different parameters \\(n\\)"):
+    with pytest.raises(ValueError, match="different parameters \\(n\\): n: recorded 100, requested 200"):
         certify_dataset(_smooth(digits_checkpoint), data, path, n0=10, n=200, alpha=0.01, batch_size=100,
                         max_index=3, progress=False)
+    with pytest.raises(ValueError, match="different parameters \\(sigma\\)"):
+        certify_dataset(_smooth(digits_checkpoint, sigma=0.5), data, path, n0=10, n=100, alpha=0.01,
+                        batch_size=100, max_index=3, progress=False)
     assert len(read_certify_log(path)) == 2
+
+
+def test_logs_share_a_folder_with_each_other_and_a_training_run(tmp_path, digits_checkpoint):
+    """Issue 13, item 2: the authors keep noise_0.25/test/sigma_0.25 and sigma_0.50 in one folder, and
+    a user certifies next to the checkpoint; each log is immutable on its own."""
+    from rsbook.train import train
+
+    data = load_dataset("digits", "test")
+    folder = tmp_path / "runs" / "digits" / "0.25"
+    checkpoint = train("digits", "digits_cnn", 0.25, 1, folder, batch_size=128, progress=False)
+    kwargs = dict(n0=10, n=100, alpha=0.01, batch_size=100, max_index=3, progress=False)
+    certify_dataset(_smooth(checkpoint), data, folder / "certify.tsv", **kwargs)
+    certify_dataset(_smooth(checkpoint, sigma=0.5), data, folder / "sigma_0.50.tsv", **kwargs)
+    predict_dataset(_smooth(checkpoint), data, folder / "predict.tsv", n=100, alpha=0.01, batch_size=100,
+                    max_index=3, progress=False)
+    assert read_log_manifest(folder / "certify.tsv")["parameters"]["sigma"] == 0.25
+    assert read_log_manifest(folder / "sigma_0.50.tsv")["parameters"]["sigma"] == 0.5
+    assert read_log_manifest(folder / "predict.tsv")["parameters"]["kind"] == "predict"
+    assert read_manifest(folder)["parameters"]["arch"] == "digits_cnn"  # the training run's, untouched
+    assert len(read_certify_log(folder / "sigma_0.50.tsv")) == 3
+    with pytest.raises(ValueError, match="different parameters \\(sigma\\)"):
+        certify_dataset(_smooth(checkpoint, sigma=0.5), data, folder / "certify.tsv", **kwargs)
+    train("digits", "digits_cnn", 0.25, 1, folder, batch_size=128, progress=False)  # resumes: nothing to do
 
 
 def test_predict_dataset(tmp_path, digits_checkpoint):

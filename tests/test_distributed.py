@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rsbook.dataset_runs import merge_parts
-from rsbook.logs import read_certify_log, read_manifest
+from rsbook.logs import read_certify_log, read_log_manifest
 
 pytestmark = pytest.mark.slow
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2"]
@@ -37,15 +37,16 @@ def test_two_ranks_write_the_single_process_rows(tmp_path, digits_checkpoint):
     columns = ["idx", "label", "predict", "radius", "correct"]
     a, b = read_certify_log(single), read_certify_log(multi)
     assert len(b) == 30 and a[columns].equals(b[columns])
-    assert sorted(p.name for p in multi.parent.iterdir()) == ["log.tsv", "manifest.json"]  # shards merged away
-    assert read_manifest(multi.parent)["end_time"]
+    # shards merged away; the log's own manifest beside it
+    assert sorted(p.name for p in multi.parent.iterdir()) == ["log.tsv", "log.tsv.manifest.json"]
+    assert read_log_manifest(multi)["end_time"]
 
 
 def test_an_interrupted_distributed_run_resumes_from_its_shards(tmp_path, digits_checkpoint):
     whole, resumed = tmp_path / "whole" / "log.tsv", tmp_path / "resumed" / "log.tsv"
     subprocess.run([sys.executable, "-m", "rsbook", *_args(digits_checkpoint, whole)], check=True, env=_env(),
                    capture_output=True, timeout=300)
-    # what a killed 2-rank run leaves: a manifest, an empty log, and two shards with a torn last line
+    # what a killed 2-rank run leaves: the log's manifest, an empty log, and two shards with a torn last line
     subprocess.run([sys.executable, "-m", "rsbook", *_args(digits_checkpoint, resumed)[:-5], "--max-index", "0",
                     "--seed", "0", "--out", str(resumed), "--no-progress"], check=True, env=_env(), capture_output=True)
     lines = whole.read_text().splitlines()
@@ -70,6 +71,23 @@ def test_rank_zero_refusal_stops_every_rank(tmp_path, digits_checkpoint):
     result = subprocess.run(TORCHRUN + ["-m", "rsbook", *other], env=_env(), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0 and "different parameters (sigma)" in result.stderr
+
+
+def test_two_ranks_certify_beside_another_log(tmp_path, digits_checkpoint):
+    """A sharded log shares its folder with a log of other parameters (issue 13, item 2)."""
+    first = tmp_path / "run" / "sigma_0.25.tsv"
+    subprocess.run([sys.executable, "-m", "rsbook", *_args(digits_checkpoint, first)], check=True, env=_env(),
+                   capture_output=True, timeout=300)
+    second = _args(digits_checkpoint, tmp_path / "run" / "sigma_0.50.tsv")[:-1]  # with progress output
+    second[second.index("--sigma") + 1] = "0.5"
+    result = subprocess.run(TORCHRUN + ["-m", "rsbook", *second], env=_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stderr and "[rank 1]: 15/15 example" in result.stderr  # plain lines in a pipe
+    assert len(read_certify_log(tmp_path / "run" / "sigma_0.50.tsv")) == 30
+    assert read_log_manifest(tmp_path / "run" / "sigma_0.50.tsv")["parameters"]["sigma"] == 0.5
+    assert sorted(p.name for p in first.parent.iterdir()) == ["sigma_0.25.tsv", "sigma_0.25.tsv.manifest.json",
+                                                             "sigma_0.50.tsv", "sigma_0.50.tsv.manifest.json"]
 
 
 def test_merge_parts_is_a_no_op_without_shards(tmp_path):

@@ -14,10 +14,15 @@ from rsbook.logs import (
     PREDICT_COLUMNS,
     LogFormatError,
     LogWriter,
+    begin_log,
+    begin_run,
+    finish_log,
     format_time,
+    log_manifest,
     parse_time,
     read_certify_log,
     read_log,
+    read_log_manifest,
     read_manifest,
     read_predict_log,
     run_manifest,
@@ -408,6 +413,69 @@ def test_run_manifest_resume_with_numpy_seed(tmp_path):
     with run_manifest(run, {"n": 10, "sigma": np.float64(0.25)}, seed=np.int64(3)):
         pass
     assert len(read_manifest(run)["resumed"]) == 1
+
+
+def test_refusal_names_each_parameter_with_both_values(tmp_path):
+    run = tmp_path / "run"
+    begin_run(run, {"sigma": 0.25, "n": 100, "indices": list(range(1000))}, seed=3)
+    with pytest.raises(ValueError) as err:
+        begin_run(run, {"sigma": 0.5, "n": 100, "indices": list(range(1001))}, seed=3)
+    message = str(err.value)
+    assert "different parameters (indices, sigma)" in message
+    assert "sigma: recorded 0.25, requested 0.5" in message
+    assert len(message) < 400  # long values are shortened
+
+
+# Issue 13, item 2: a log's manifest is its own (`<log>.manifest.json`), so logs and a training run share a folder.
+
+def test_each_log_has_its_own_manifest_beside_a_training_run(tmp_path):
+    folder = tmp_path / "runs" / "digits" / "0.25"
+    with run_manifest(folder, {"dataset": "digits", "noise_sd": 0.25}, seed=0):  # a training run
+        pass
+    first, second = folder / "certify.tsv", folder / "certify_sigma0.5.tsv"
+    assert begin_log(first, {"sigma": 0.25, "log": first.name}, seed=0) == log_manifest(first)
+    assert log_manifest(first) == folder / "certify.tsv.manifest.json"
+    begin_log(second, {"sigma": 0.5, "log": second.name}, seed=0)  # other parameters, same folder
+    finish_log(first)
+    assert read_log_manifest(first)["parameters"]["sigma"] == 0.25 and read_log_manifest(first)["end_time"]
+    assert read_log_manifest(second)["parameters"]["sigma"] == 0.5 and read_log_manifest(second)["end_time"] is None
+    assert read_manifest(folder)["parameters"] == {"dataset": "digits", "noise_sd": 0.25}
+    assert sorted(p.name for p in folder.iterdir()) == ["certify.tsv.manifest.json",
+                                                       "certify_sigma0.5.tsv.manifest.json", "manifest.json"]
+
+
+def test_a_log_resumed_with_other_parameters_is_refused_naming_them(tmp_path):
+    log = tmp_path / "certify.tsv"
+    begin_log(log, {"sigma": 0.25, "n": 1000}, seed=0)
+    before = log_manifest(log).read_bytes()
+    with pytest.raises(ValueError, match=r"different parameters \(n, seed\): n: recorded 1000, requested 2000"):
+        begin_log(log, {"sigma": 0.25, "n": 2000}, seed=1)
+    assert log_manifest(log).read_bytes() == before
+    begin_log(log, {"sigma": 0.25, "n": 1000}, seed=0, max_index=40)
+    assert read_log_manifest(log)["resumed"] and read_log_manifest(log)["max_index"] == 40
+
+
+def test_a_log_from_before_per_log_manifests_adopts_its_folder_manifest(tmp_path):
+    folder = tmp_path / "run"
+    log = folder / "certify.tsv"
+    write_manifest(folder, {"sigma": 0.25, "log": "certify.tsv"}, seed=0)  # how rsbook used to record a log
+    log.write_text(CERTIFY_HEADER + "\n0\t1\t1\t0.5\t1\t1.0\n")
+    begin_log(log, {"sigma": 0.25, "log": "certify.tsv"}, seed=0)
+    assert not (folder / "manifest.json").exists()  # the folder is free for a training run or other logs
+    assert read_log_manifest(log)["resumed"]
+    with pytest.raises(ValueError, match="sigma"):
+        begin_log(log, {"sigma": 0.5, "log": "certify.tsv"}, seed=0)  # still immutable
+
+
+@pytest.mark.parametrize("folder_manifest", [None, {"dataset": "digits", "noise_sd": 0.25}])
+def test_a_log_with_rows_but_no_manifest_is_refused(tmp_path, folder_manifest):
+    log = tmp_path / "certify.tsv"
+    if folder_manifest:
+        write_manifest(tmp_path, folder_manifest, seed=0)  # a training run's, not this log's
+    log.write_text(CERTIFY_HEADER + "\n0\t1\t1\t0.5\t1\t1.0\n")
+    with pytest.raises(ValueError, match="has no manifest certify.tsv.manifest.json"):
+        begin_log(log, {"sigma": 0.25, "log": "certify.tsv"}, seed=0)
+    assert not log_manifest(log).exists()
 
 
 @pytest.mark.parametrize("row, match", [

@@ -4,6 +4,7 @@ Uses Cohen et al. 2019 Tables 2 and 3 as the recorded tables."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,13 @@ from rsbook import published
 from rsbook.analysis import STATUSES
 from rsbook.report import (
     COMPARISONS,
+    TABLE_CLASS,
     ChapterRun,
+    comparisons,
     documents_without_tables,
     scoreboard,
     scoreboard_markdown,
+    styled,
 )
 
 EXACT, WITHIN, DIFFERS, MISSING = STATUSES
@@ -217,3 +221,69 @@ def test_results_without_a_published_number_are_listed(runs):
     row = board[(board["document"] == "lp") & (board["table"] == "certified accuracy (ours)")]
     assert len(row) == 1 and row["status"].iloc[0] == COMPUTED and row["cells"].iloc[0] == 4
     assert run.status("lp", "certified accuracy (ours)") == COMPUTED and run.differences().empty
+
+
+# ------------------------------------------------------------------------- the book's one table style
+
+
+def _rules(html: str) -> dict[str, str]:
+    """selector (without the table's #T_ id) -> its declarations, from a Styler's <style> block."""
+    css = html.split("<style", 1)[1].split("</style>", 1)[0]
+    rules = {}
+    for selector, body in re.findall(r"#T_\w+([^{]*)\{([^}]*)\}", css):
+        rules[selector.strip()] = rules.get(selector.strip(), "") + body
+    return rules
+
+
+def test_comparison_table_is_captioned_padded_and_right_aligned(runs):
+    # Cohen et al. 2019, Table 2: seven radius columns of numbers, each a right-aligned, padded column.
+    run = ChapterRun("cohen", "smoke", PARAMS)
+    _, view = run.compare("cohen", "Table 2", _ours_table_2(), "cohen-table-2")
+    html = view.to_html()
+    assert f'class="{TABLE_CLASS}"' in html
+    caption = re.search(r"<caption>(.*?)</caption>", html, re.S).group(1)
+    assert caption.startswith("cohen, Table 2: Approximate certified top-1 accuracy on ImageNet")
+    assert "Δ = ours − paper" in caption and "red: differs" in caption
+    rules = _rules(html)
+    assert "padding: 0.25em 0.5em" in rules["td"] and "padding: 0.25em 0.5em" in rules["th"]
+    for column in range(7):
+        assert "text-align: right" in rules[f"td.col{column}"], column
+        assert "text-align: right" in rules[f"th.col_heading.col{column}"], column
+    assert "td.col7" not in rules
+    assert "color: #1a1a1a" in html  # shaded cells keep dark text in the dark theme too
+
+
+def test_styled_aligns_numbers_right_and_text_left():
+    frame = pd.DataFrame({"name": ["a", "b"], "count": [1, 2], "share": [0.5, np.nan], "flag": [True, False],
+                          "mixed": [0.5, "all"], "boxed": pd.Series([0.25, 1.0], dtype=object)})
+    view = styled(frame, {"name": "{}", "count": "{:d}", "share": "{:.2f}", "flag": "{}", "mixed": "{}",
+                          "boxed": "{:g}"}, caption="what the cells are")
+    html = view.to_html()
+    assert "<caption>what the cells are</caption>" in html
+    right = {int(s[len("td.col"):]) for s, body in _rules(html).items()
+             if s.startswith("td.col") and "text-align: right" in body}
+    assert right == {1, 2, 5}  # count, share, and an object column holding only numbers
+    assert "text-align: left" in _rules(html)["td"]  # everything else reads as text
+    assert "<caption>" not in styled(frame, "{}").to_html()  # a caption is the caller's to give
+
+
+def test_record_has_a_default_caption(runs):
+    run = ChapterRun("relax", "smoke", {})
+    view = run.record("lp", "certified accuracy (ours)", pd.DataFrame({"lp": {0.01: 0.9}}), "relax-accuracy")
+    assert "<caption>lp, certified accuracy (ours): computed here" in view.to_html()
+    view = run.record("lp", "t", pd.DataFrame({"lp": {0.01: 0.9}}), "s", caption="Share of YES")
+    assert "<caption>Share of YES</caption>" in view.to_html()
+
+
+def test_comparisons_gathers_every_chapter_of_one_profile(runs):
+    ChapterRun("logs", "smoke", {}).compare("cohen", "Table 2", _ours_table_2(), "logs-table-2")
+    ChapterRun("rerun", "smoke", {}).compare("cohen", "Table 3", published.table("cohen", "Table 3"), "rerun-t3")
+    ChapterRun("relax", "smoke", {}).record("lp", "t", pd.DataFrame({"lp": {0.01: 0.9, 0.02: 0.7}}), "relax-t")
+    ChapterRun("logs", "default", {}).compare("cohen", "Table 2", _ours_table_2(), "logs-table-2")
+    cells = comparisons("smoke")
+    assert list(cells.columns[:3]) == ["profile", "chapter", "section"]
+    assert set(cells["profile"]) == {"smoke"} and len(cells) == 21 + 28 + 2
+    assert cells.groupby("chapter").size().to_dict() == {"logs": 21, "relax": 2, "rerun": 28}
+    assert cells.loc[cells["chapter"] == "relax", "paper"].isna().all()
+    assert len(comparisons("default")) == 21 and comparisons("full").empty
+    assert scoreboard("smoke")["cells"].sum() == len(cells)  # the scoreboard counts the same cells

@@ -10,11 +10,18 @@ with the profile's parameters (book/profiles/<name>.yml) and any -p overrides in
 `parameters` cell. An executed chapter is reused while its source, its parameters and the library
 (rsbook/) are unchanged; the root page (the scoreboard) is always executed last. The rendered
 HTML lands in <out>/_build/html.
+
+The executed notebooks keep what ran (the chapter's parameters cell and papermill's injected cell);
+the rendered book shows one parameters cell per chapter, the values this build used under a first
+line naming the profile (`presented`). Every cell the chapters recorded (ChapterRun.compare and
+.record) is written, for the profile built, to one CSV that the scoreboard links (RESULTS_CSV).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
 import hashlib
 import json
 import os
@@ -29,6 +36,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 PROFILES = ("smoke", "default", "full")
+RESULTS_CSV = Path("results") / "comparisons.csv"
+"""Where, relative to the staged book, the build writes every recorded cell of the profile it renders;
+book/intro.md links it with {download}."""
+PARAMETERS_HEADER = "# profile: {profile} — parameters of this build"
 
 
 def toc_documents(book: Path = BOOK) -> list[str]:
@@ -121,7 +132,6 @@ def execute(doc: str, profile: str, runs: Path, overrides: dict | None = None, f
             os.environ.pop("RSBOOK_RUNS", None)
         else:
             os.environ["RSBOOK_RUNS"] = env_runs
-    _inherit_parameter_tags(partial)
     os.replace(partial, output)
     (run_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
     stamp.write_text(json.dumps({"key": key, "parameters": params, "seconds": time.perf_counter() - started}))
@@ -129,23 +139,68 @@ def execute(doc: str, profile: str, runs: Path, overrides: dict | None = None, f
     return output
 
 
-def _inherit_parameter_tags(path: Path):
-    """Give papermill's injected-parameters cell the display tags (e.g. remove-cell) of the
-    chapter's own parameters cell, so both render alike."""
-    import nbformat
+def _assignments(source: str) -> dict[str, tuple[int, int, int, str]]:
+    """name -> (first line, last line, end column in UTF-8 bytes, statement text) for every top-level
+    `name = value` of a cell."""
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            found[node.targets[0].id] = (node.lineno, node.end_lineno, node.end_col_offset,
+                                         ast.get_source_segment(source, node))
+    return found
 
-    notebook = nbformat.read(path, as_version=4)
-    tags = next((c.metadata.get("tags", []) for c in notebook.cells if "parameters" in c.metadata.get("tags", [])), [])
-    display = [t for t in tags if t.startswith(("remove", "hide"))]
-    for cell in notebook.cells:
-        cell_tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in cell_tags:
-            cell.metadata["tags"] = cell_tags + [t for t in display if t not in cell_tags]
-    nbformat.write(notebook, path)
+
+def parameters_source(own: str, injected: str) -> str:
+    """The parameters a build used, as one cell's source: the chapter's parameters cell `own` with each
+    statement papermill `injected` in place of the default it overrides (the comment after the default
+    kept), statements for names the chapter's cell lacks appended, under two comment lines: the profile
+    (from the injected `profile`), and which names this build set."""
+    defaults, values = _assignments(own), _assignments(injected)
+    lines = own.splitlines()
+    for name, (first, last, end, _) in sorted(defaults.items(), key=lambda item: -item[1][0]):
+        if name in values:
+            comment = lines[last - 1].encode()[end:].decode().strip()
+            lines[first - 1:last] = (values[name][3] + (f"  {comment}" if comment.startswith("#") else "")).splitlines()
+    profile = ast.literal_eval(values["profile"][3].split("=", 1)[1].strip()) if "profile" in values else "?"
+    changed = [name for name in values if name != "profile"]
+    note = (f"# set for this build: {', '.join(changed)}; the others are the chapter's defaults" if changed
+            else "# every value is the chapter's default")
+    return "\n".join([PARAMETERS_HEADER.format(profile=profile), note, *lines,
+                      *(values[name][3] for name in values if name not in defaults)])
+
+
+def presented(notebook):
+    """The executed notebook as the book shows it: the chapter's `parameters` cell and papermill's
+    `injected-parameters` cell become one cell, in the place and with the tags (e.g. remove-cell) of
+    the chapter's cell, holding the values this build used (parameters_source). Returns a copy; the
+    executed notebook keeps both cells as they ran."""
+    shown = copy.deepcopy(notebook)
+    tagged = {tag: [i for i, c in enumerate(shown.cells) if tag in c.metadata.get("tags", [])]
+              for tag in ("parameters", "injected-parameters")}
+    if len(tagged["parameters"]) != 1 or len(tagged["injected-parameters"]) > 1:
+        raise ValueError(f"expected one parameters cell and at most one injected-parameters cell, found {tagged}")
+    if tagged["injected-parameters"]:
+        index = tagged["injected-parameters"][0]
+        own = shown.cells[tagged["parameters"][0]]
+        own.source = parameters_source(own.source, shown.cells[index].source)
+        del shown.cells[index]
+    return shown
+
+
+def write_results(profile: str, runs: Path, path: Path) -> Path:
+    """Every cell every chapter recorded at `profile` (rsbook.report.comparisons) as one CSV at `path`."""
+    from rsbook.report import comparisons
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comparisons(profile, runs).to_csv(path, index=False)
+    return path
 
 
 def render(profile: str, runs: Path, out: Path, executed: dict[str, Path]) -> Path:
-    """Stage book/ with the executed notebooks in place of their sources and render HTML."""
+    """Stage book/ with the executed notebooks (as `presented`) in place of their sources, write the
+    profile's recorded cells to RESULTS_CSV, and render HTML."""
+    import nbformat
+
     stage = out / "_build" / ".stage" / profile
     shutil.rmtree(stage, ignore_errors=True)
     for path in BOOK.rglob("*"):
@@ -158,7 +213,8 @@ def render(profile: str, runs: Path, out: Path, executed: dict[str, Path]) -> Pa
         shutil.copy2(path, stage / rel)
     for doc, notebook in executed.items():
         (stage / doc).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(notebook, stage / f"{doc}.ipynb")
+        nbformat.write(presented(nbformat.read(notebook, as_version=4)), stage / f"{doc}.ipynb")
+    write_results(profile, runs, stage / RESULTS_CSV)
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(stage), "--path-output", str(out),
                "--builder", "html", "--all", "-W", "--keep-going"]
     print(f"[book] rendering: {' '.join(command)}")
@@ -168,10 +224,30 @@ def render(profile: str, runs: Path, out: Path, executed: dict[str, Path]) -> Pa
     return html
 
 
+def preflight(profile: str, runs: Path, chapters: list[str], overrides: dict | None = None):
+    """Check every requirement of `chapters` at `profile` before anything executes (rsbook.preflight:
+    datasets under RSBOOK_DATA with their counts, CUDA devices, free disk, the authors' artifacts); exit
+    with status 2 listing every missing item at once. The smoke and default builds download artifacts
+    that are not cached yet themselves, so without RSBOOK_MIRROR they are not required up front."""
+    from rsbook import preflight as pf
+
+    reqs = pf.requirements(chapters, profile, book=BOOK, runs=runs, overrides=overrides)
+    if profile != "full" and not os.environ.get("RSBOOK_MIRROR"):
+        reqs = [r for r in reqs if not isinstance(r, pf.ArtifactRequirement)]
+    missing = pf.check(reqs)
+    print(pf.report(reqs, missing), file=sys.stderr if missing else sys.stdout)
+    if missing:
+        print(f"[book] preflight: {len(missing)} item(s) missing at profile {profile}; nothing was executed",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build(profile: str, runs: Path, out: Path, chapter: str | None = None, overrides: dict | None = None) -> Path:
     docs = toc_documents()
     if chapter is not None and chapter not in [Path(d).name for d in docs]:
         raise SystemExit(f"no chapter {chapter!r} in book/_toc.yml; chapters: {[Path(d).name for d in docs]}")
+    preflight(profile, runs, [Path(d).name for d in docs if is_notebook(BOOK / f"{d}.md")],
+              {chapter: overrides} if chapter and overrides else None)
     executed = {}
     for doc in docs[1:]:
         if is_notebook(BOOK / f"{doc}.md"):
@@ -218,6 +294,7 @@ def main(argv=None):
             doc = f"chapters/{args.chapter}"  # a chapter not yet in the table of contents
         if doc is None:
             parser.error(f"no chapter {args.chapter!r} in book/_toc.yml or book/chapters/")
+        preflight(args.profile, runs, [Path(doc).name], {Path(doc).name: overrides} if overrides else None)
         execute(doc, args.profile, runs, overrides, force=True)
     else:
         clean(runs, out)

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from rsbook import streams
 from rsbook._io import atomic_write
@@ -50,6 +49,7 @@ from rsbook.ancer.memory import (
 )
 from rsbook.ancer.metrics import accuracy_table, acr_table, average_radius_improvement
 from rsbook.logs import ResultsTable, begin_run, finish_manifest, run_folder
+from rsbook.progress import track
 
 __all__ = ["METHODS", "RESULT_COLUMNS", "CONFIG", "cpu_threads", "run_methods", "AnisotropicRun",
            "thesis_config", "thesis_settings", "toy_experiment", "released_toy", "image_experiment",
@@ -196,7 +196,7 @@ def run_methods(root, label: str, model, inputs, labels, *, num_classes: int, fi
     starts = list(range(0, len(inputs), int(chunk_size)))
     tables = {m: ResultsTable(folder / f"{m}.tsv", RESULT_COLUMNS) for m in methods}
     with cpu_threads(num_threads):
-        for start in (tqdm(starts, desc=label) if progress else starts):
+        for start in track(starts, label, unit="chunk", disable=not progress):
             _run_chunk(folder, start, min(start + int(chunk_size), len(inputs)), methods, tables, model, inputs, labels,
                        indices, settings, num_classes=num_classes, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                        seed=seed, device=device)

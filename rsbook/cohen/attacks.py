@@ -30,7 +30,6 @@ import numbers
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from rsbook import streams
 from rsbook._checks import (
@@ -44,6 +43,7 @@ from rsbook._checks import (
     check_sigma,
 )
 from rsbook.attacks import STEP_SIZE_FACTOR
+from rsbook.progress import track
 from rsbook.smooth import ABSTAIN, Smooth
 
 __all__ = ["ATTACK_COLUMNS", "OBJECTIVES", "attack_certified", "attack_certify_log", "smoothed_pgd"]
@@ -290,8 +290,8 @@ def attack_certify_log(smooth: Smooth, model, dataset, log: pd.DataFrame, multip
     if max_examples is not None:
         chosen = chosen.iloc[:max_examples]
     rows = []
-    for idx, label, radius in tqdm(list(zip(chosen["idx"], chosen["label"], chosen["radius"])),
-                                   desc="attack", unit="example", disable=not progress):
+    for idx, label, radius in track(list(zip(chosen["idx"], chosen["label"], chosen["radius"])), "attack",
+                                    unit="example", disable=not progress):
         idx, label, radius = int(idx), int(label), float(radius)
         x, true_label = dataset[idx]
         if int(true_label) != label:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from rsbook import streams
 from rsbook.analysis import certified_accuracy
@@ -27,6 +26,7 @@ from rsbook.logs import (
     run_folder,
 )
 from rsbook.models import load_checkpoint
+from rsbook.progress import track
 from rsbook.smooth import Smooth
 
 __all__ = ["certify_grid", "predict_runs", "topk_radii", "attack_runs",
@@ -100,7 +100,7 @@ def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alph
     data = load_dataset(dataset, split)
     smooth = _smooth(checkpoint, dataset, sigma, device)
     todo = [i for i in selected_indices(len(data), skip, max_index) if i not in table.done]
-    for idx in tqdm(todo, desc="top-k", disable=not progress):
+    for idx in track(todo, "top-k", unit="example", disable=not progress):
         x, label = data[idx]
         rows = []
         for k in ks:
@@ -131,7 +131,7 @@ def attack_runs(root, dataset: str, checkpoint, sigma: float, certify_log: pd.Da
     if max_examples is not None:
         certified = certified.head(max_examples)
     todo = certified[~certified["idx"].isin(table.done)]
-    for position in tqdm(range(len(todo)), desc="attack", disable=not progress):
+    for position in track(range(len(todo)), "attack", unit="example", disable=not progress):
         row = todo.iloc[[position]]
         result = attack_certify_log(smooth, smooth.base_classifier, data, row, multipliers, n_predict=n_predict,
                                     alpha=alpha, batch_size=batch_size, steps=steps, num_noise=num_noise, clip=clip,

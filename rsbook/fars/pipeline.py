@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from rsbook import streams
 from rsbook._checks import check_positive_int, check_seed, check_sigma
@@ -54,6 +53,7 @@ from rsbook.logs import (
     run_folder,
     run_manifest,
 )
+from rsbook.progress import track
 from rsbook.smooth import ABSTAIN, Smooth
 from rsbook.throughput import timed
 
@@ -205,7 +205,8 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
             model.train(train_backbone)
             model.head.train()
             loss_sum, correct, seen = 0.0, 0, 0
-            for inputs, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress):
+            for inputs, labels in track(loader, f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, every=0,
+                                        disable=not progress):
                 inputs, labels = inputs.to(device), labels.to(device)
                 if train_backbone:
                     z = model.backbone(inputs)
@@ -338,7 +339,7 @@ def _certify_rows(folder: Path, parameters: dict, seed: int, device, indices, z,
     begin_run(folder, parameters, seed=seed, device=device)
     table = ResultsTable(folder / "results.tsv", CERTIFY_COLUMNS)
     positions = [p for p, idx in enumerate(indices) if int(idx) not in table.done]
-    for position in tqdm(positions, desc=desc, disable=not progress):
+    for position in track(positions, desc, unit="example", disable=not progress):
         idx, label = int(indices[position]), int(labels[position])
         generators = streams.certify_generators(seed, idx, device=device)
         started = time.perf_counter()
@@ -405,7 +406,7 @@ def _attack_loop(folder: Path, parameters: dict, seed: int, device, data, indice
     table = ResultsTable(folder / "results.tsv", columns)
     todo = [int(i) for i in indices if int(i) not in table.done]
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    for batch in tqdm(batches, desc=desc, disable=not progress):
+    for batch in track(batches, desc, unit="batch", disable=not progress):
         xs, ys = zip(*(data[i] for i in batch))
         x = torch.stack([torch.as_tensor(v) for v in xs]).to(device)
         y = torch.as_tensor(ys, dtype=torch.long, device=device)

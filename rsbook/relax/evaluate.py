@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from rsbook import streams
 from rsbook.analysis import certified_accuracy
@@ -40,6 +39,7 @@ from rsbook.logs import (
     read_certify_log,
     run_folder,
 )
+from rsbook.progress import track
 from rsbook.relax.certify import DEFAULT_BOUNDS, METHODS, Certifier, ball_distance
 from rsbook.relax.interval import NORMS
 from rsbook.relax.lp import SolverError
@@ -104,7 +104,8 @@ def certify_examples(net, dataset, eps_grid, norm: str, methods=METHODS, *, out,
     example_shape = tuple(dataset[indices[0]][0].shape)
     certifier = Certifier(net, example_shape)
     position = {idx: k for k, idx in enumerate(indices)}
-    for idx in tqdm([i for i in indices if i not in table.done], desc=f"certify {norm}", disable=not progress):
+    for idx in track([i for i in indices if i not in table.done], f"certify {norm}", unit="example",
+                     disable=not progress):
         x, label = dataset[idx]
         label = int(label)
         generator = streams.generator(seed, "attack", idx)

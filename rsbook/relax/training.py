@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from rsbook import streams
 from rsbook._checks import check_positive_int
 from rsbook._io import append_epoch_row, atomic_write, read_torch_dict, trim_epoch_rows
 from rsbook.logs import begin_run, finish_manifest
+from rsbook.progress import track
 from rsbook.relax.dual import dual_margins, intermediate_bounds
 from rsbook.relax.interval import NORMS, interval_bounds, interval_margins
 from rsbook.relax.network import affine_network
@@ -200,8 +200,8 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
         model.train()
         totals = {"loss": 0.0, "error": 0.0, "robust": 0.0, "seen": 0}
         eps_now = 0.0
-        for step, (inputs, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                                                     disable=not progress)):
+        for step, (inputs, labels) in enumerate(track(loader, f"epoch {epoch + 1}/{epochs}", unit="batch",
+                                                      leave=False, every=0, disable=not progress)):
             inputs, labels = inputs.to(device), labels.to(device)
             robust = float("nan")
             if mode in ("dual", "ibp"):

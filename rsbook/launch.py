@@ -1,0 +1,213 @@
+"""Run a heavy `rsbook` step (certify, predict) as one process per device (issue 12, part 2).
+
+    launch(["certify", "--dataset", "cifar10", ..., "--device", "cuda", "--out", LOG], devices="auto")
+
+runs ``python -m torch.distributed.run --standalone --nproc_per_node=K -m rsbook -- certify ...``
+with K = the number of visible CUDA devices (devices="auto"; `cpu_processes` when there is none) or
+K = devices when it is an integer. Each rank certifies a disjoint shard of the examples and rank 0
+merges the shards into the log (rsbook.dataset_runs), with the rows one process writes for the same
+seed; an interrupted launch resumes from its shards when it is run again. The `--` keeps torchrun's
+own parser, which reads `--n` and `--max` as its `--nnodes` and `--max-restarts`, off the step's
+flags (rsbook.cli). With K = 1 the step runs as one plain ``python -m rsbook ...`` process. Processes
+use gloo on the CPU and NCCL on GPUs (rsbook.cli picks it from `--device`).
+
+The child's standard output and error are streamed to ours as they arrive (in a notebook: into the
+cell's output); a failure raises LaunchError naming the command, its exit status and the tail of its
+standard error.
+"""
+
+from __future__ import annotations
+
+import codecs
+import numbers
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+
+__all__ = ["SHARDED_COMMANDS", "LaunchError", "process_count", "torchrun_command", "launch"]
+
+SHARDED_COMMANDS = ("certify", "predict")
+"""The `rsbook` commands that split their work across torchrun ranks; any other runs with one process."""
+
+STDERR_TAIL_LINES = 40
+"""Lines of the child's standard error quoted by a LaunchError."""
+
+
+class LaunchError(RuntimeError):
+    """A launched step exited with a non-zero status: `command` (the argv run), `returncode`,
+    `stderr_tail` (its last STDERR_TAIL_LINES lines of standard error) and `errors` (the lines in which
+    a process of the step reported its error, 'rsbook <command>: error: ...', at most 10)."""
+
+    def __init__(self, command: list[str], returncode: int, stderr_tail: str, errors=()):
+        self.command, self.returncode, self.stderr_tail = command, returncode, stderr_tail
+        self.errors = list(errors)
+        reported = "".join(f"\n  {line}" for line in self.errors)
+        super().__init__(f"{shlex.join(command)} exited with status {returncode}"
+                         + (f"; the step reported:{reported}" if reported else "")
+                         + f"\nthe end of its standard error:\n{stderr_tail or '(empty)'}")
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def process_count(devices="auto", *, cpu_processes: int = 1) -> int:
+    """How many processes a launch uses: devices="auto" gives the number of visible CUDA devices
+    (torch.cuda.device_count()), or `cpu_processes` when none is visible; an integer gives itself.
+    Raises ValueError for anything else, or for a count below 1."""
+    if isinstance(cpu_processes, bool) or not isinstance(cpu_processes, numbers.Integral) or cpu_processes < 1:
+        raise ValueError(f"cpu_processes must be an integer >= 1, got {cpu_processes!r}")
+    if devices == "auto":
+        return _cuda_count() or int(cpu_processes)
+    if isinstance(devices, bool) or not isinstance(devices, numbers.Integral) or devices < 1:
+        raise ValueError(f"devices must be 'auto' or an integer >= 1 (processes, one per device), got {devices!r}")
+    return int(devices)
+
+
+def _arguments(argv) -> list[str]:
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence) or not argv:
+        raise ValueError(f"argv must be a non-empty list of command-line arguments (e.g. ['certify', '--dataset', "
+                         f"'digits', ...]), got {argv!r}")
+    out = []
+    for value in argv:
+        if isinstance(value, bool) or not isinstance(value, (str, os.PathLike, numbers.Real)):
+            raise ValueError(f"argv entries must be strings, paths or numbers, got {value!r} in {list(argv)!r}")
+        out.append(os.fspath(value) if isinstance(value, os.PathLike) else str(value))
+    if out[0].startswith("-"):
+        raise ValueError(f"argv must start with an rsbook command (e.g. 'certify'), got {out[0]!r}")
+    return out
+
+
+def torchrun_command(argv, processes: int) -> list[str]:
+    """The argv that runs ``rsbook <argv>`` with `processes` processes: with one, ``python -m rsbook
+    ...``; with more, ``python -m torch.distributed.run --standalone --nproc_per_node=K -m rsbook --
+    ...`` (the `--` is required; see the module docstring)."""
+    args = _arguments(argv)
+    processes = process_count(processes)
+    if processes == 1:
+        return [sys.executable, "-m", "rsbook", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "rsbook", "--", *args]
+
+
+def _requested_device(args: list[str]) -> str | None:
+    for i, value in enumerate(args):
+        if value == "--device" and i + 1 < len(args):
+            return args[i + 1]
+        if value.startswith("--device="):
+            return value.split("=", 1)[1]
+    return None
+
+
+_STEP_ERROR = re.compile(r"rsbook [\w-]+: error: ")
+
+
+def _pump(source, sink, tail: bytearray | None = None, errors: list | None = None, limit: int = 1 << 16):
+    """Copy a child's pipe to `sink` as it arrives (chunks, so progress bars pass through), keeping the
+    last `limit` bytes in `tail` and the first 10 lines the step reports as errors ("rsbook <command>:
+    error: ...", which under torchrun come before its own long summary) in `errors`."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+
+    def forward(text: str):
+        nonlocal pending, sink
+        if sink is not None and text:
+            try:
+                sink.write(text)
+                sink.flush()
+            except (OSError, ValueError):  # a closed stream: keep draining the pipe, or the child would block
+                sink = None
+        if errors is not None:
+            *lines, pending = (pending + text).split("\n")
+            for line in lines:
+                found = _STEP_ERROR.search(line)
+                if found and len(errors) < 10:
+                    errors.append(line[found.start():].rstrip("\r"))
+            pending = pending[-4096:]
+
+    while True:
+        chunk = os.read(source.fileno(), 1 << 16)
+        if not chunk:
+            break
+        if tail is not None:
+            tail.extend(chunk)
+            del tail[:-limit]
+        forward(decoder.decode(chunk))
+    forward(decoder.decode(b"", final=True) + "\n")
+    source.close()
+
+
+def _stop(process: subprocess.Popen):
+    """End the launched process group (torchrun and its workers): SIGTERM, then SIGKILL after 30 s."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def launch(argv, devices="auto", *, cpu_processes: int = 1, env: Mapping[str, str] | None = None, cwd=None,
+           stdout=None, stderr=None, timeout: float | None = None) -> list[str]:
+    """Run ``rsbook <argv>`` (e.g. ['certify', '--dataset', 'cifar10', ..., '--out', LOG]) with one
+    process per device (process_count(devices, cpu_processes=...)) and return the command it ran.
+
+    env: variables set for the step on top of ours (PYTHONUNBUFFERED=1 unless given). stdout, stderr:
+    text streams the child's output is copied to as it arrives (default: sys.stdout and sys.stderr at
+    call time). timeout: seconds before the step's process group is ended (then LaunchError). Raises
+    ValueError before starting anything for a malformed argv or devices, for K > 1 processes of a
+    command that does not shard (SHARDED_COMMANDS), or for a CUDA `--device` with fewer visible devices
+    than processes; LaunchError when the step exits with a non-zero status. The step's own guarantees
+    hold unchanged: a certify log has the rows one process writes, and reruns resume."""
+    args = _arguments(argv)
+    processes = process_count(devices, cpu_processes=cpu_processes)
+    if processes > 1 and args[0] not in SHARDED_COMMANDS:
+        raise ValueError(f"rsbook {args[0]} does not split its work across processes; launch it with devices=1 "
+                         f"(commands that do: {', '.join(SHARDED_COMMANDS)})")
+    device = _requested_device(args)
+    if device is not None and device.startswith("cuda"):
+        visible = _cuda_count()
+        if processes > visible:
+            raise ValueError(f"{processes} processes on --device {device} need {processes} CUDA devices, but "
+                             f"{visible} are visible")
+    if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError(f"env must map variable names to string values, got {dict(env)!r}")
+    command = torchrun_command(args, processes)
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    out, err = stdout if stdout is not None else sys.stdout, stderr if stderr is not None else sys.stderr
+    tail, errors = bytearray(), []
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env, cwd=cwd,
+                               start_new_session=True)
+    pumps = [threading.Thread(target=_pump, args=(process.stdout, out, None), daemon=True),
+             threading.Thread(target=_pump, args=(process.stderr, err, tail, errors), daemon=True)]
+    for pump in pumps:
+        pump.start()
+    try:
+        returncode = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        for pump in pumps:
+            pump.join(10)
+        lines = tail.decode("utf-8", errors="replace").splitlines()[-STDERR_TAIL_LINES:]
+        raise LaunchError(command, process.returncode if process.returncode is not None else -signal.SIGKILL,
+                          "\n".join([*lines, f"(stopped after the timeout of {timeout} s)"]), errors) from None
+    except BaseException:  # KeyboardInterrupt in a notebook: leave no worker behind
+        _stop(process)
+        raise
+    for pump in pumps:
+        pump.join()
+    if returncode != 0:
+        lines = tail.decode("utf-8", errors="replace").splitlines()[-STDERR_TAIL_LINES:]
+        raise LaunchError(command, returncode, "\n".join(lines), errors)
+    return command

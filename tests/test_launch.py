@@ -1,0 +1,108 @@
+"""rsbook.launch: a heavy step as one process per device through torchrun (issue 12, part 2). On the CPU,
+two gloo processes certifying digits write the rows one process writes (per-example seeding,
+rsbook.dataset_runs), and a failing step raises an error that names the command, its exit status and
+the end of its standard error."""
+
+import io
+import sys
+
+import pytest
+
+from rsbook import launch as launch_module
+from rsbook.launch import SHARDED_COMMANDS, LaunchError, launch, process_count, torchrun_command
+from rsbook.logs import read_certify_log, read_log_manifest
+
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def _certify(checkpoint, out, max_index=24):
+    return ["certify", "--dataset", "digits", "--checkpoint", checkpoint, "--sigma", "0.25", "--n0", "100",
+            "--n", "1000", "--alpha", "0.001", "--batch", "500", "--skip", "1", "--max", max_index, "--seed", "0",
+            "--out", out, "--no-progress"]
+
+
+def test_the_command_puts_torchrun_flags_first_and_the_step_after_a_double_dash():
+    assert torchrun_command(["certify", "--n", "1000", "--max", "30"], 2) == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rsbook", "--",
+        "certify", "--n", "1000", "--max", "30"]
+    assert torchrun_command(["certify", "--n", 1000], 1) == [sys.executable, "-m", "rsbook", "certify", "--n", "1000"]
+
+
+def test_auto_is_one_process_per_visible_gpu_else_the_cpu_count(monkeypatch):
+    monkeypatch.setattr(launch_module, "_cuda_count", lambda: 0)
+    assert process_count("auto") == 1 and process_count("auto", cpu_processes=2) == 2
+    monkeypatch.setattr(launch_module, "_cuda_count", lambda: 8)
+    assert process_count("auto", cpu_processes=2) == 8 and process_count(3) == 3
+
+
+@pytest.mark.parametrize("devices", [0, -1, 1.5, True, "two", None])
+def test_a_bad_device_count_is_refused(devices):
+    with pytest.raises(ValueError, match="devices must be 'auto' or an integer >= 1"):
+        process_count(devices)
+
+
+@pytest.mark.parametrize("argv, message", [([], "non-empty list"), ("certify --n 10", "non-empty list"),
+                                           (["certify", None], "strings, paths or numbers"),
+                                           (["--n", "10"], "must start with an rsbook command")])
+def test_a_malformed_argv_is_refused_before_anything_starts(argv, message):
+    with pytest.raises(ValueError, match=message):
+        launch(argv, devices=1)
+
+
+def test_a_step_that_does_not_shard_is_not_run_twice(tmp_path):
+    assert "train" not in SHARDED_COMMANDS
+    with pytest.raises(ValueError, match="rsbook train does not split its work across processes"):
+        launch(["train", "--dataset", "digits", "--out", str(tmp_path)], devices=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_more_processes_than_visible_gpus_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(launch_module, "_cuda_count", lambda: 1)
+    with pytest.raises(ValueError, match="2 processes on --device cuda need 2 CUDA devices, but 1 are visible"):
+        launch(["certify", "--device", "cuda", "--out", str(tmp_path / "log.tsv")], devices=2)
+
+
+def test_a_failing_step_names_the_command_its_status_and_its_stderr(tmp_path):
+    err = io.StringIO()
+    with pytest.raises(LaunchError) as caught:
+        launch(["fetch", "no/such/artifact"], devices=1, env=ENV, stderr=err)
+    assert caught.value.returncode == 2 and caught.value.command[-3:] == ["rsbook", "fetch", "no/such/artifact"]
+    message = str(caught.value)
+    assert "-m rsbook fetch no/such/artifact exited with status 2" in message
+    assert caught.value.errors == ["rsbook fetch: error: unknown artifact 'no/such/artifact'; `rsbook fetch --list` "
+                                   "shows the pinned ones"]
+    assert "unknown artifact 'no/such/artifact'" in message and "unknown artifact" in err.getvalue()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_write_the_single_process_rows(tmp_path, digits_checkpoint, monkeypatch):
+    monkeypatch.setattr(launch_module, "_cuda_count", lambda: 0)  # auto: the CPU count, even on a GPU machine
+    single, multi = tmp_path / "single" / "log.tsv", tmp_path / "multi" / "log.tsv"
+    out = io.StringIO()
+    assert launch(_certify(digits_checkpoint, single), devices=1, env=ENV, stdout=out)[2] == "rsbook"
+    assert out.getvalue().strip() == str(single)  # the step's output was streamed through
+    command = launch(_certify(digits_checkpoint, multi), devices="auto", cpu_processes=2, env=ENV,
+                     stdout=io.StringIO())
+    assert "--nproc_per_node=2" in command and command[command.index("rsbook") + 1] == "--"
+    columns = ["idx", "label", "predict", "radius", "correct"]
+    a, b = read_certify_log(single), read_certify_log(multi)
+    assert len(b) == 24 and a[columns].equals(b[columns])
+    assert sorted(p.name for p in multi.parent.iterdir()) == ["log.tsv", "log.tsv.manifest.json"]  # shards merged
+    assert read_log_manifest(multi)["end_time"]
+    # resumable: launched again with a larger --max, it keeps its rows and appends only the missing ones
+    times = b["time"].tolist()
+    launch(_certify(digits_checkpoint, multi, max_index=30), devices=2, env=ENV, stdout=io.StringIO())
+    launch(_certify(digits_checkpoint, single, max_index=30), devices=1, env=ENV, stdout=io.StringIO())
+    a, b = read_certify_log(single), read_certify_log(multi)
+    assert len(b) == 30 and a[columns].equals(b[columns]) and b["time"].head(24).tolist() == times
+
+
+@pytest.mark.slow
+def test_a_failing_distributed_step_raises_with_torchrun_s_status(tmp_path):
+    with pytest.raises(LaunchError) as caught:
+        launch(_certify(tmp_path / "missing.pt", tmp_path / "log.tsv"), devices=2, env=ENV,
+               stdout=io.StringIO(), stderr=io.StringIO())
+    assert caught.value.returncode != 0 and "torch.distributed.run" in caught.value.command
+    # each rank's own error line comes before torchrun's long summary: it is quoted first
+    assert caught.value.errors and all("missing.pt" in line for line in caught.value.errors)
+    assert str(caught.value).index("missing.pt") < str(caught.value).index("the end of its standard error")
