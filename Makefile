@@ -10,7 +10,10 @@ ARGS ?=
 PYTEST_ARGS ?=
 export RSBOOK_BENCH ?= $(CURDIR)/benchmarks/results/latest.json
 
-.PHONY: venv book chapter test bench clean
+REHEARSE_RUNS ?= $(RUNS)/rehearse
+COMPUTING := cohen_rerun relax fars ancer
+
+.PHONY: venv book chapter test bench plan rehearse clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +37,26 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_certify.py --out $(RSBOOK_BENCH)
+
+# Every training and certification step of the computing chapters at PROFILE, its time on this machine's
+# devices (measured throughput) and whether it is done; writes $(RUNS)/plan-$(PROFILE).json. Runs nothing.
+plan: venv
+	$(PY) -m rsbook.plan --profile $(PROFILE) --runs $(RUNS)
+
+# The full profile's path (steps as rsbook commands through torchrun: one process per GPU, or 2 gloo
+# processes on a CPU) of every computing chapter at the smoke sizes, into $(REHEARSE_RUNS); then make bench.
+rehearse: venv
+	device=$$($(PY) -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")'); \
+	devices=$$(if [ "$$device" = cuda ]; then echo auto; else echo 2; fi); \
+	for chapter in $(COMPUTING); do \
+		$(PY) tools/book.py execute --profile smoke --runs $(REHEARSE_RUNS) --chapter $$chapter \
+			-p launch true -p devices $$devices -p device $$device || exit 1; \
+	done
+	$(PY) -c 'import json, sys; from pathlib import Path; \
+	times = {c: json.loads((Path(sys.argv[1]) / c / "smoke" / "build.json").read_text())["seconds"] for c in sys.argv[2:]}; \
+	print("rehearsal: " + ", ".join(f"{c} {s:.0f} s" for c, s in times.items()) + f"; {sum(times.values()):.0f} s in all")' \
+		$(REHEARSE_RUNS) $(COMPUTING)
+	$(MAKE) bench
 
 clean:
 	if [ -x $(PY) ]; then $(PY) tools/book.py clean --runs $(RUNS) --out $(OUT); else rm -rf $(OUT)/_build; fi

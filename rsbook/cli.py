@@ -2,6 +2,7 @@
 
     rsbook certify --dataset rancer_toy --checkpoint CKPT [--arch rancer_mlp] --sigma 0.25 --n0 100 --n 100000
                    --alpha 0.001 --batch 1000 [--skip 1] [--max -1] [--seed 0] --out runs/x/certify.tsv
+    rsbook certify ... --radius 0.5 [--n-max 100000] [--method betting] --out LOG   (sequential: rsbook.sequential)
     rsbook predict --dataset digits --checkpoint CKPT --sigma 0.25 --n 1000 --alpha 0.001 --batch 500 --out LOG
     rsbook train --dataset digits --arch digits_cnn --noise-sd 0.25 [--epochs 10] --seed 0 --out runs/digits/0.25
     rsbook fetch [NAME ...] [--all] [--list]
@@ -9,7 +10,9 @@
 Under `torchrun --nproc_per_node=K -m rsbook -- certify ...` each process certifies a disjoint shard
 of the examples and rank 0 merges the shards into the log. The `--` keeps torchrun's own parser,
 which would read `--n` and `--max` as ambiguous abbreviations of its --nnodes and --max-restarts, off
-our flags; `-n`/`--num-samples` and `--max-index` are aliases that need no `--`.
+our flags; `-n`/`--num-samples` and `--max-index` are aliases that need no `--`. Under
+`torchrun --nproc_per_node=K -m rsbook -- train ...` training is data parallel (DistributedDataParallel,
+the batch split over the K processes, rank 0 writing; rsbook.distributed).
 
 Training hyperparameters left out take the dataset's defaults (rsbook.train.DEFAULTS, listed by
 `rsbook train --help`); the values used go into the run's manifest.json. Progress goes to stderr: a
@@ -37,6 +40,16 @@ def _add_smoothing_arguments(parser: argparse.ArgumentParser, certify: bool):
     parser.add_argument("--sigma", required=True, type=float, help="noise standard deviation, in input units")
     if certify:
         parser.add_argument("--n0", type=int, default=100, help="samples to guess the top class (default 100)")
+        parser.add_argument("--radius", type=float, help="only ask 'is each example robust at this radius?': a "
+                            "sequential test (rsbook.sequential) that stops as soon as it is decided; the log gains "
+                            "a samples column")
+        parser.add_argument("--n-max", type=int, help="with --radius: most samples per example after n0 "
+                            "(default: --n)")
+        parser.add_argument("--method", default="betting", choices=("betting", "union", "fixed"),
+                            help="with --radius: the sequential test (default betting)")
+        parser.add_argument("--futility", type=float, default=0.001,
+                            help="with --radius: futility level beta, the chance of giving up on a certifiable "
+                                 "example early (costs power, never validity; default 0.001)")
     parser.add_argument("--n", "-n", "--num-samples", dest="n", type=int, default=100000,
                         help="samples to estimate p_A (default 100,000); under torchrun write -n or --num-samples")
     parser.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
@@ -68,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", required=True, help="architecture (rsbook.models.ARCHITECTURES)")
     train.add_argument("--noise-sd", required=True, type=float, help="training noise level sigma")
     train.add_argument("--epochs", type=int, help="epochs (default: the dataset's)")
-    train.add_argument("--batch", type=int, help="batch size (default: the dataset's)")
+    train.add_argument("--batch", type=int, help="batch size (default: the dataset's); under torchrun the global "
+                       "batch, split evenly over the processes")
     train.add_argument("--lr", type=float, help="initial learning rate (default: the dataset's)")
     train.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: the dataset's; "
                        "'step' when --lr-step or --gamma is given)")
@@ -101,7 +115,7 @@ def _sha256(path: Path) -> str:
 
 def _smooth_command(args) -> Path:
     from rsbook.data import load_dataset, num_classes
-    from rsbook.dataset_runs import certify_dataset, predict_dataset
+    from rsbook.dataset_runs import certify_dataset, certify_radius_dataset, predict_dataset
     from rsbook.models import load_checkpoint
     from rsbook.smooth import Smooth
 
@@ -117,7 +131,13 @@ def _smooth_command(args) -> Path:
                   "checkpoint_sha256": _sha256(args.checkpoint), "arch": checkpoint["arch"]}
     common = dict(alpha=args.alpha, batch_size=args.batch, skip=args.skip, max_index=args.max, seed=args.seed,
                   parameters=parameters, progress=not args.no_progress)
+    if args.command == "certify" and args.radius is not None:
+        return certify_radius_dataset(smooth, dataset, args.out, radius=args.radius, n0=args.n0,
+                                      n_max=args.n if args.n_max is None else args.n_max, method=args.method,
+                                      futility=args.futility, **common)
     if args.command == "certify":
+        if args.n_max is not None:
+            raise ValueError("--n-max needs --radius (a fixed-n CERTIFY draws exactly --n samples)")
         return certify_dataset(smooth, dataset, args.out, n0=args.n0, n=args.n, **common)
     return predict_dataset(smooth, dataset, args.out, n=args.n, **common)
 
@@ -147,16 +167,11 @@ def _train_command(args) -> Path:
 
 
 def _init_distributed(device: str) -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on the CPU, nccl on GPUs."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return False
-    if torch.device(device).type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL collectives need each rank's GPU
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    torch.distributed.init_process_group(backend)
-    return True
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on the CPU, nccl on GPUs
+    (rsbook.distributed.join)."""
+    from rsbook.distributed import join
+
+    return join(device)
 
 
 def main(argv=None) -> int:
@@ -170,7 +185,10 @@ def main(argv=None) -> int:
             if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
                 print(path)
         elif args.command == "train":
-            print(_train_command(args))
+            distributed = _init_distributed(args.device)  # under torchrun: data parallel (rsbook.distributed)
+            path = _train_command(args)
+            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+                print(path)
         else:
             _fetch_command(args)
     except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:

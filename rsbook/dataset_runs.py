@@ -28,7 +28,7 @@ from rsbook.logs import LogWriter, begin_log, finish_log, read_log, write_log
 from rsbook.progress import track
 from rsbook.smooth import Smooth
 
-__all__ = ["selected_indices", "certify_dataset", "predict_dataset", "merge_parts"]
+__all__ = ["selected_indices", "certify_dataset", "certify_radius_dataset", "predict_dataset", "merge_parts"]
 
 
 def selected_indices(length: int, skip: int = 1, max_index: int = -1) -> list[int]:
@@ -102,9 +102,10 @@ def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, s
                          disable=not progress, position=rank):
             x, label = dataset[idx]
             start = clock()
-            prediction, radius = step(x, idx)
+            prediction, radius, *samples = step(x, idx)
             elapsed = clock() - start
-            writer.write(idx, label, prediction, int(prediction == label), elapsed, radius=radius)
+            writer.write(idx, label, prediction, int(prediction == label), elapsed, radius=radius,
+                         samples=samples[0] if samples else None)
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
@@ -130,6 +131,42 @@ def certify_dataset(smooth: Smooth, dataset, out, *, n0: int, n: int, alpha: flo
     return _run("certify", smooth, dataset, out, recorded, seed, skip, max_index, indices, progress, clock,
                 lambda x, idx: smooth.certify(x, n0, n, alpha, batch_size,
                                               *streams.certify_generators(seed, idx, device=smooth.device)))
+
+
+def certify_radius_dataset(smooth: Smooth, dataset, out, *, radius: float, n0: int, n_max: int, alpha: float,
+                           batch_size: int, method: str = "betting", skip: int = 1, max_index: int = -1, seed: int = 0,
+                           indices=None, parameters: dict | None = None, progress: bool = True,
+                           clock=time.perf_counter, **options) -> Path:
+    """Is each selected example robust at `radius`? Smooth.certify_radius (a sequential test with the
+    guarantee of CERTIFY: a certified example is g's prediction in the whole ball with probability
+    >= 1 - alpha; rsbook.sequential) on every selected example, appending
+    `idx label predict radius correct time samples` rows to `out`: predict is c_A and radius the
+    requested one where certified, ABSTAIN (-1) and 0 where not; samples counts the draws, n0 included.
+
+    The top class comes from CERTIFY's selection stream ('select', idx), so it is the c_A of
+    certify_dataset with the same seed; the estimation draws from ('estimate', idx, 'radius=<r>'), a
+    stream of their own. Resumable and torchrun-sharded as certify_dataset; `options` go to
+    rsbook.sequential.plan (futility, prior, first, growth) and are recorded in the manifest."""
+    from rsbook.sequential import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius >= 0 or radius == float("inf"):
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    radius = float(radius)
+    recorded = {**(parameters or {}), "radius": radius, "n0": check_positive_int(n0, "n0"),
+                "n_max": check_positive_int(n_max, "n_max"), "alpha": check_alpha(alpha),
+                "batch": check_positive_int(batch_size, "batch_size"), "method": method, **options}
+
+    def step(x, idx):
+        select = streams.generator(seed, "select", idx, device=smooth.device)
+        estimate = streams.generator(seed, "estimate", idx, f"radius={radius!r}", device=smooth.device)
+        prediction, certified, samples = smooth.certify_radius(x, radius, n0, n_max, alpha, batch_size, select,
+                                                               method=method, estimate_generator=estimate,
+                                                               **options)
+        return prediction, radius if certified else 0.0, samples
+
+    return _run("sequential", smooth, dataset, out, recorded, seed, skip, max_index, indices, progress, clock, step)
 
 
 def predict_dataset(smooth: Smooth, dataset, out, *, n: int, alpha: float, batch_size: int, skip: int = 1,

@@ -1,4 +1,4 @@
-"""Run a heavy `rsbook` step (certify, predict) as one process per device (issue 12, part 2).
+"""Run a heavy `rsbook` step (certify, predict, train) as one process per device (issue 12).
 
     launch(["certify", "--dataset", "cifar10", ..., "--device", "cuda", "--out", LOG], devices="auto")
 
@@ -6,10 +6,14 @@ runs ``python -m torch.distributed.run --standalone --nproc_per_node=K -m rsbook
 with K = the number of visible CUDA devices (devices="auto"; `cpu_processes` when there is none) or
 K = devices when it is an integer. Each rank certifies a disjoint shard of the examples and rank 0
 merges the shards into the log (rsbook.dataset_runs), with the rows one process writes for the same
-seed; an interrupted launch resumes from its shards when it is run again. The `--` keeps torchrun's
-own parser, which reads `--n` and `--max` as its `--nnodes` and `--max-restarts`, off the step's
-flags (rsbook.cli). With K = 1 the step runs as one plain ``python -m rsbook ...`` process. Processes
-use gloo on the CPU and NCCL on GPUs (rsbook.cli picks it from `--device`).
+seed; an interrupted launch resumes from its shards when it is run again. A `train` step trains
+data parallel (DistributedDataParallel, the global `--batch` split over the K processes,
+rank 0 writing the checkpoint in the single-process format; rsbook.distributed), and an interrupted
+launch resumes from its last checkpoint to the weights of an uninterrupted one with the same K.
+The `--` keeps torchrun's own parser, which reads `--n` and `--max` as its `--nnodes` and
+`--max-restarts`, off the step's flags (rsbook.cli). With K = 1 the step runs as one plain
+``python -m rsbook ...`` process. Processes use gloo on the CPU and NCCL on GPUs (rsbook.cli picks
+it from `--device`).
 
 The child's standard output and error are streamed to ours as they arrive (in a notebook: into the
 cell's output); a failure raises LaunchError naming the command, its exit status and the tail of its
@@ -31,8 +35,9 @@ from collections.abc import Mapping, Sequence
 
 __all__ = ["SHARDED_COMMANDS", "LaunchError", "process_count", "torchrun_command", "launch"]
 
-SHARDED_COMMANDS = ("certify", "predict")
-"""The `rsbook` commands that split their work across torchrun ranks; any other runs with one process."""
+SHARDED_COMMANDS = ("certify", "predict", "train")
+"""The `rsbook` commands that split their work across torchrun ranks (the examples of certify and
+predict, each batch of train); any other runs with one process."""
 
 STDERR_TAIL_LINES = 40
 """Lines of the child's standard error quoted by a LaunchError."""
@@ -169,7 +174,8 @@ def launch(argv, devices="auto", *, cpu_processes: int = 1, env: Mapping[str, st
     ValueError before starting anything for a malformed argv or devices, for K > 1 processes of a
     command that does not shard (SHARDED_COMMANDS), or for a CUDA `--device` with fewer visible devices
     than processes; LaunchError when the step exits with a non-zero status. The step's own guarantees
-    hold unchanged: a certify log has the rows one process writes, and reruns resume."""
+    hold unchanged: a certify log has the rows one process writes, a training run resumes to the weights
+    of an uninterrupted run with the same number of processes, and reruns resume."""
     args = _arguments(argv)
     processes = process_count(devices, cpu_processes=cpu_processes)
     if processes > 1 and args[0] not in SHARDED_COMMANDS:

@@ -30,6 +30,7 @@ __all__ = [
     "run_folder",
     "CERTIFY_COLUMNS",
     "PREDICT_COLUMNS",
+    "SEQUENTIAL_COLUMNS",
     "LogFormatError",
     "LogWriter",
     "ResultsTable",
@@ -52,8 +53,11 @@ __all__ = [
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
-_COLUMNS = {"certify": CERTIFY_COLUMNS, "predict": PREDICT_COLUMNS}
-_INT_COLUMNS = ("idx", "label", "predict", "correct")
+SEQUENTIAL_COLUMNS = (*CERTIFY_COLUMNS, "samples")
+"""A sequential certify log (`rsbook certify --radius r`): the authors' certify columns, with radius the
+requested r where certified and 0 where not, plus the noisy samples drawn for the example (n0 included)."""
+_COLUMNS = {"certify": CERTIFY_COLUMNS, "predict": PREDICT_COLUMNS, "sequential": SEQUENTIAL_COLUMNS}
+_INT_COLUMNS = ("idx", "label", "predict", "correct", "samples")
 
 
 class LogFormatError(ValueError):
@@ -106,6 +110,8 @@ def _parse_row(fields: list[str], columns: tuple[str, ...], where: str) -> dict:
                 row[name] = parse_time(text)
         except ValueError as err:
             raise LogFormatError(f"{where}: column {name!r} has {text!r}, which is not valid ({err})") from None
+    if row.get("samples", 1) < 1:
+        raise LogFormatError(f"{where}: column 'samples' must be a count >= 1, got {row['samples']}")
     if row["correct"] not in (0, 1):
         raise LogFormatError(f"{where}: column 'correct' must be 0 or 1, got {row['correct']}")
     if row["predict"] < -1:
@@ -118,10 +124,11 @@ def _parse_row(fields: list[str], columns: tuple[str, ...], where: str) -> dict:
 
 
 def read_log(path, kind: str | None = None) -> pd.DataFrame:
-    """Read a certify or predict log; `kind` ('certify' or 'predict') is inferred from the header.
+    """Read a certify, predict or sequential log; `kind` ('certify', 'predict' or 'sequential') is
+    inferred from the header.
 
-    Returns a DataFrame with integer idx, label, predict, correct, float radius (certify logs) and
-    float time in seconds, in file order. The header and every row are validated; a malformed
+    Returns a DataFrame with integer idx, label, predict, correct (and samples: sequential logs), float
+    radius (certify and sequential logs) and float time in seconds, in file order. The header and every row are validated; a malformed
     row raises LogFormatError naming the file and the 1-based line number.
     """
     path = Path(path)
@@ -134,7 +141,8 @@ def read_log(path, kind: str | None = None) -> pd.DataFrame:
     inferred = {cols: name for name, cols in _COLUMNS.items()}.get(header)
     if inferred is None:
         raise LogFormatError(
-            f"{path}:1: header {header} is neither a certify log {CERTIFY_COLUMNS} nor a predict log {PREDICT_COLUMNS}"
+            f"{path}:1: header {header} is neither a certify log {CERTIFY_COLUMNS}, a predict log {PREDICT_COLUMNS} "
+            f"nor a sequential log {SEQUENTIAL_COLUMNS}"
         )
     if kind is not None and kind != inferred:
         raise LogFormatError(f"{path}: expected a {kind} log, found a {inferred} log header")
@@ -152,7 +160,8 @@ def read_log(path, kind: str | None = None) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(columns))
     for name in _INT_COLUMNS:
-        frame[name] = frame[name].astype("int64")
+        if name in frame:
+            frame[name] = frame[name].astype("int64")
     frame["time"] = frame["time"].astype(float)
     if "radius" in frame:
         frame["radius"] = frame["radius"].astype(float)
@@ -220,14 +229,19 @@ class ResultsTable:
         return pd.read_csv(self.path, sep="\t")
 
 
-def _format_row(kind: str, time_style: str, where: str, *, idx, label, predict, correct, time, radius=None) -> str:
+def _format_row(kind: str, time_style: str, where: str, *, idx, label, predict, correct, time, radius=None,
+                samples=None) -> str:
     """One log line (no newline), validated by the reader's own checks: never write what cannot be read."""
-    if (radius is None) == (kind == "certify"):
-        raise ValueError("radius is required for a certify log and not allowed in a predict log")
+    if (radius is None) == (kind in ("certify", "sequential")):
+        raise ValueError("radius is required for a certify or sequential log and not allowed in a predict log")
+    if (samples is None) == (kind == "sequential"):
+        raise ValueError("samples is required for a sequential log and not allowed in the others")
     fields = [str(int(idx)), str(int(label)), str(int(predict))]
-    if kind == "certify":
+    if kind != "predict":
         fields.append(repr(float(radius)))
     fields += [str(int(correct)), format_time(time, time_style)]
+    if kind == "sequential":
+        fields.append(str(int(samples)))
     _parse_row(fields, _COLUMNS[kind], where)
     return "\t".join(fields)
 
@@ -236,7 +250,7 @@ def write_log(path, frame: pd.DataFrame, kind: str, time_style: str = "hms") -> 
     """Write a whole log atomically from a DataFrame with the log's columns (e.g. read_log's),
     rows in the frame's order."""
     if kind not in _COLUMNS:
-        raise ValueError(f"kind must be 'certify' or 'predict', got {kind!r}")
+        raise ValueError(f"kind must be one of {tuple(_COLUMNS)}, got {kind!r}")
     if frame["idx"].duplicated().any():
         raise ValueError(f"{path}: example idx {int(frame.loc[frame['idx'].duplicated(), 'idx'].iloc[0])} repeats")
     lines = ["\t".join(_COLUMNS[kind])]
@@ -258,7 +272,7 @@ class LogWriter:
 
     def __init__(self, path, kind: str = "certify", time_style: str = "hms"):
         if kind not in _COLUMNS:
-            raise ValueError(f"kind must be 'certify' or 'predict', got {kind!r}")
+            raise ValueError(f"kind must be one of {tuple(_COLUMNS)}, got {kind!r}")
         format_time(0.0, time_style)
         self.path = Path(path)
         self.kind = kind
@@ -280,12 +294,13 @@ class LogWriter:
     def _write_line(self, line: str):
         _write_flushed(self._file, line)
 
-    def write(self, idx: int, label: int, predict: int, correct: int, time: float, radius: float | None = None):
+    def write(self, idx: int, label: int, predict: int, correct: int, time: float, radius: float | None = None,
+              samples: int | None = None):
         """Append one example's row and flush it to disk."""
         if int(idx) in self.done:
             raise ValueError(f"{self.path}: example idx {int(idx)} is already in the log")
         line = _format_row(self.kind, self.time_style, f"{self.path}: row for idx {int(idx)}", idx=idx, label=label,
-                           predict=predict, correct=correct, time=time, radius=radius)
+                           predict=predict, correct=correct, time=time, radius=radius, samples=samples)
         self._write_line(line)
         self.done.add(int(idx))
 

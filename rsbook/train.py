@@ -10,9 +10,14 @@ experiments.MD); the 1,257 training digits get a small batch and a linear decay,
 already give a useful model. The values used are recorded in the run's manifest.
 
 The initial weights come from `seed`, and every epoch draws its shuffling, augmentation and noise
-from generators seeded by (seed, epoch),
-and the checkpoint is rewritten atomically after every epoch, so a run that is interrupted and
-resumed ends with the same weights as one that was not (on deterministic kernels).
+from generators seeded by (seed, epoch), and the checkpoint is rewritten atomically after every
+epoch, so a run that is interrupted and resumed ends with the same weights as one that was not (on
+deterministic kernels).
+
+Under torchrun (`torchrun --nproc_per_node=K -m rsbook -- train ...`) the same run is data parallel
+with DistributedDataParallel over K processes (rsbook.distributed): the batch is the global batch,
+each rank's noise and augmentation come from streams keyed by (epoch, rank), rank 0 writes the
+checkpoint in the single-process format, and the resume guarantee holds for the same K.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from types import MappingProxyType
 import torch
 from torch.utils.data import DataLoader
 
-from rsbook import streams
+from rsbook import distributed, streams
 from rsbook._checks import check_positive_int, check_seed, check_sigma
-from rsbook._io import append_epoch_row, trim_epoch_rows
+from rsbook._io import append_epoch_row
 from rsbook.data import load_dataset, num_classes
-from rsbook.logs import run_folder, run_manifest
+from rsbook.logs import run_folder
 from rsbook.models import build, load_checkpoint, save_checkpoint
 from rsbook.progress import echo, track
 
@@ -117,15 +122,19 @@ def _learning_rate(settings: dict, epoch: int, step: int, steps_per_epoch: int) 
     return settings["lr"] * (1 - done / (settings["epochs"] * steps_per_epoch))
 
 
-def _noisy_accuracy(model, loader, noise_sd, device, generator) -> float:
+def _noisy_accuracy(model, dataset, batch_size, noise_sd, device, generator, workers) -> float:
+    """Accuracy of `model` on `dataset` plus N(0, noise_sd^2) noise from `generator`; under a
+    distributed run each rank takes its share (rsbook.distributed.shard) and the counts are summed."""
     model.eval()
     correct = total = 0
     with torch.inference_mode():
-        for inputs, labels in loader:
+        for inputs, labels in DataLoader(distributed.shard(dataset), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers):
             inputs, labels = inputs.to(device), labels.to(device)
             noise = torch.randn(inputs.shape, generator=generator, device=device) * noise_sd
             correct += int((model(inputs + noise).argmax(1) == labels).sum())
             total += len(labels)
+    correct, total = distributed.all_sum([correct, total], device)
     return correct / max(total, 1)
 
 
@@ -149,11 +158,23 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int | None, out, *, 
     DEFAULTS). out/checkpoint.pt ({arch, dataset, state_dict, noise_sd, epoch, optimizer}) is
     rewritten after each epoch; out/train_log.tsv gets one row per epoch (lr at the epoch's first
     step, mean training loss and accuracy on noisy inputs, accuracy of the base classifier on noisy
-    test inputs); out/manifest.json records the hyperparameters used. If out/checkpoint.pt exists
-    the run resumes after its epoch (the parameters must match; under the step schedule `epochs` may
-    grow, so a finished run can be extended; under the linear schedule `epochs` shapes the schedule
-    and is a parameter). `progress`: a bar per epoch on a terminal, plain lines otherwise, and one
-    line per epoch (rsbook.progress).
+    test inputs); out/manifest.json records the hyperparameters used and the world size. If
+    out/checkpoint.pt exists the run resumes after its epoch (the parameters must match; under the
+    step schedule `epochs` may grow, so a finished run can be extended; under the linear schedule
+    `epochs` shapes the schedule and is a parameter). `progress`: a bar per epoch on a terminal,
+    plain lines otherwise, and one line per epoch (rsbook.progress).
+
+    Under torchrun (a process group of world size K > 1, e.g. `torchrun --nproc_per_node=K -m rsbook
+    -- train ...`) the run is data parallel (rsbook.distributed): DistributedDataParallel, batch_size
+    is the global batch (B / K per rank; a B that K does not divide is refused before anything is
+    written), each rank's noise and augmentation streams keyed by (epoch, rank), per-rank BatchNorm
+    with rank 0's running statistics, the training loss and accuracy and the noisy test accuracy
+    summed over the ranks (each evaluates its share of the test set with its own 'evaluate' stream),
+    and rank 0 writing the checkpoint (the single-process format), the log and the manifest. The
+    manifest records K (like the device, not a parameter: a finished run is read back by any number
+    of processes), a run with epochs left is resumed only by K processes (else ValueError), and a
+    run interrupted and resumed with the same K ends with the weights of an uninterrupted one (on
+    deterministic kernels). A CUDA `device` means each rank's own GPU, cuda:LOCAL_RANK.
     """
     noise_sd = float(noise_sd)
     if noise_sd != 0:
@@ -162,7 +183,10 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int | None, out, *, 
                                  momentum=momentum, weight_decay=weight_decay, lr_step=lr_step, gamma=gamma)
     epochs, batch_size = settings["epochs"], settings["batch_size"]
     seed = check_seed(seed)
-    device = torch.device("cpu" if device is None else device)
+    rank, world = distributed.rank_world()
+    distributed.per_rank_batch(batch_size, world)
+    device = distributed.local_device(device)
+    show = progress and rank == 0
     out = Path(out)
     classes = num_classes(dataset)
     train_set = load_dataset(dataset, "train", augment=True)
@@ -173,59 +197,61 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int | None, out, *, 
         parameters["epochs"] = epochs
 
     with streams.seeded_global(seed, "init"):
-        model = build(arch, classes, dataset=dataset).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
+        net = build(arch, classes, dataset=dataset).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=settings["momentum"],
                                 weight_decay=settings["weight_decay"])
     checkpoint_path, log_path = out / CHECKPOINT, out / TRAIN_LOG
-    with run_manifest(out, parameters, seed=seed, device=device, epochs=epochs):
-        if progress:
-            echo(f"train {arch} on {dataset} at noise_sd {noise_sd:g}: {describe_settings(settings)}")
-        start_epoch = 0
-        if checkpoint_path.exists():
-            resumed, payload = load_checkpoint(checkpoint_path, classes, device=device)
-            model.load_state_dict(resumed.state_dict())
-            if payload.get("optimizer") is not None:
-                optimizer.load_state_dict(payload["optimizer"])
-            start_epoch = int(payload["epoch"])
-        trim_epoch_rows(log_path, start_epoch)
-        for epoch in range(start_epoch, epochs):
-            started = time.perf_counter()
-            streams.seed_global(seed, "augment", epoch)
-            order = streams.generator(seed, "shuffle", epoch)
-            noise_gen = streams.generator(seed, "train", epoch, device=device)
-            loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=order, num_workers=workers,
-                                drop_last=False)
-            first_lr = _learning_rate(settings, epoch, 0, len(loader))
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            batches = track(loader, f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, every=0, final=False,
-                            disable=not progress)
-            for step, (inputs, labels) in enumerate(batches):
-                for group in optimizer.param_groups:
-                    group["lr"] = _learning_rate(settings, epoch, step, len(loader))
-                inputs, labels = inputs.to(device), labels.to(device)
-                inputs = inputs + torch.randn(inputs.shape, generator=noise_gen, device=device) * noise_sd
-                logits = model(inputs)
-                loss = torch.nn.functional.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(labels)
-                correct += int((logits.argmax(1) == labels).sum())
-                seen += len(labels)
-                batches.set_postfix(loss=f"{loss_sum / seen:.3f}")
-            test_accuracy = float("nan")
-            if evaluate:
-                test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers)
-                eval_gen = streams.generator(seed, "evaluate", epoch, device=device)
-                test_accuracy = _noisy_accuracy(model, test_loader, noise_sd, device, eval_gen)
-            save_checkpoint(checkpoint_path, model, arch, dataset, noise_sd, epoch + 1, optimizer)
-            seconds = time.perf_counter() - started
+    start_epoch = distributed.start_run(out, parameters, seed=seed, device=device, epochs=epochs,
+                                        checkpoint=checkpoint_path, log=log_path)
+    if show:
+        echo(f"train {arch} on {dataset} at noise_sd {noise_sd:g}: {describe_settings(settings)}"
+             + (f", on {world} processes (batch {batch_size // world} each)" if world > 1 else ""))
+    if start_epoch:
+        resumed, payload = load_checkpoint(checkpoint_path, classes, device=device)
+        net.load_state_dict(resumed.state_dict())
+        if payload.get("optimizer") is not None:
+            optimizer.load_state_dict(payload["optimizer"])
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 rewrites it
+    model = distributed.wrap(net, device)
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        loader = distributed.epoch_loader(train_set, batch_size, epoch, seed=seed, workers=workers)
+        noise_gen = streams.generator(seed, "train", *distributed.rank_key(epoch), device=device)
+        first_lr = _learning_rate(settings, epoch, 0, len(loader))
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches = track(loader, f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, every=0, final=False,
+                        disable=not show)
+        for step, (inputs, labels) in enumerate(batches):
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(settings, epoch, step, len(loader))
+            inputs, labels = inputs.to(device), labels.to(device)
+            inputs = inputs + torch.randn(inputs.shape, generator=noise_gen, device=device) * noise_sd
+            logits = model(inputs)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+            batches.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
+        distributed.sync_buffers(model)
+        test_accuracy = float("nan")
+        if evaluate:
+            eval_gen = streams.generator(seed, "evaluate", *distributed.rank_key(epoch), device=device)
+            test_accuracy = _noisy_accuracy(net, test_set, batch_size, noise_sd, device, eval_gen, workers)
+        if rank == 0:
+            save_checkpoint(checkpoint_path, net, arch, dataset, noise_sd, epoch + 1, optimizer)
+        seconds = time.perf_counter() - started
+        if rank == 0:
             append_epoch_row(log_path, _LOG_COLUMNS, (epoch + 1, first_lr, loss_sum / seen, correct / seen,
                                                       test_accuracy, seconds))
-            if progress:
-                echo(f"epoch {epoch + 1}/{epochs}: lr {first_lr:g}, loss {loss_sum / seen:.4f}, "
-                     f"noisy train acc {correct / seen:.4f}, noisy test acc {test_accuracy:.4f}, {seconds:.1f} s")
+        if show:
+            echo(f"epoch {epoch + 1}/{epochs}: lr {first_lr:g}, loss {loss_sum / seen:.4f}, "
+                 f"noisy train acc {correct / seen:.4f}, noisy test acc {test_accuracy:.4f}, {seconds:.1f} s")
+    distributed.finish_run(out)
     return checkpoint_path
 
 

@@ -2,6 +2,7 @@
 head against brute force, Proposition 1 end to end, the smoothed sparsemax head's certificate
 (coverage), margin training, the resumable runs, and the FaRS tables' layout (Tables 1 and 2)."""
 
+import json
 import math
 
 import cvxpy as cp
@@ -360,6 +361,68 @@ def test_frozen_backbone_and_deep_head(tiny_run):
         assert torch.equal(p, q)  # the backbone stayed frozen
     with pytest.raises(ValueError, match="pairwise"):
         fx.train_fars("digits", "unused", hidden=[4], epochs=1, margin=0.1)
+
+
+@pytest.mark.slow
+def test_two_process_training_and_a_frozen_backbone_head(tiny_run, tmp_path):
+    """`torchrun --nproc_per_node=2 -m rsbook.fars.pipeline -- train` (gloo, DDP, the global batch 128 split 64 + 64)
+    with tiny_run's settings: a checkpoint load_fars reads, as accurate as the one-process model; then a
+    deep head on its frozen backbone, trained on 2 processes (nothing of the backbone is synchronised)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2", "-m",
+                "rsbook.fars.pipeline", "--", "train", "--dataset", "digits", "--seed", "0", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    backbone = {"widths": [4, 8], "depths": [1, 1], "linear_inner": 16, "embedding_dim": 8}
+    e2e, deep = tmp_path / "e2e", tmp_path / "deep"
+    result = subprocess.run(torchrun + ["--backbone", json.dumps(backbone), "--epochs", "2", "--batch-size", "128",
+                                        "--lr", "0.02", "--margin", "0.1", "--out", str(e2e)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == str(e2e / "checkpoint.pt")
+    model, payload = fx.load_fars(e2e / "checkpoint.pt")
+    single, _ = fx.load_fars(tiny_run[1])
+    assert list(payload["state_dict"]) == list(single.state_dict()) and payload["epoch"] == 2
+    assert payload["backbone"] == single.backbone.config
+    accuracy = pd.read_csv(e2e / "train_log.tsv", sep="\t")["test_accuracy"].tolist()
+    one = pd.read_csv(tiny_run[1].parent / "train_log.tsv", sep="\t")["test_accuracy"].iloc[-1]
+    assert len(accuracy) == 2 and abs(accuracy[-1] - one) <= 0.05, (accuracy, one)
+    # the logged test accuracy, summed over the ranks' shares, is the one-process number for these weights
+    assert accuracy[-1] == fx._clean_accuracy(model, fx.load_dataset("digits", "test"), 256, "cpu", 0)
+    result = subprocess.run(torchrun + ["--backbone-checkpoint", str(e2e / "checkpoint.pt"), "--no-train-backbone",
+                                        "--hidden", "16", "--embedding-noise", "0.25", "--epochs", "1",
+                                        "--batch-size", "128", "--out", str(deep)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    head, payload = fx.load_fars(deep / "checkpoint.pt")
+    assert payload["hidden"] == [16] and not head.is_linear
+    assert all(torch.equal(p, q) for p, q in zip(model.backbone.state_dict().values(),
+                                                 head.backbone.state_dict().values()))
+    manifest = json.loads((deep / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["parameters"]["train_backbone"] is False
+
+
+def test_the_command_line_trains_and_refuses_a_bad_backbone_option(tmp_path, capsys):
+    """`python -m rsbook.fars.pipeline train ...` (one process here) is train_fars with the same names."""
+    backbone = '{"widths": [4, 8], "depths": [1, 1], "linear_inner": 16, "embedding_dim": 8}'
+    out = tmp_path / "run"
+    assert fx.main(["train", "--dataset", "digits", "--backbone", backbone, "--epochs", "1", "--batch-size", "256",
+                    "--margin", "0.1", "--margin-mode", "constant", "--no-evaluate", "--no-progress",
+                    "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "checkpoint.pt")
+    model, payload = fx.load_fars(out / "checkpoint.pt")
+    assert payload["epoch"] == 1 and model.backbone.config["widths"] == [4, 8]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"]["margin_mode"] == "constant" and manifest["parameters"]["batch_size"] == 256
+    assert manifest["world_size"] == 1
+    assert fx.main(["train", "--dataset", "digits", "--backbone", "[4, 8]", "--epochs", "1",
+                    "--out", str(tmp_path / "bad")]) == 2
+    refusal = "rsbook.fars train: error: --backbone must be a JSON object of sll_backbone options"
+    assert refusal in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_certificates_attacks_and_timings_on_a_trained_model(tiny_run):

@@ -1,7 +1,7 @@
 """rsbook.launch: a heavy step as one process per device through torchrun (issue 12, part 2). On the CPU,
 two gloo processes certifying digits write the rows one process writes (per-example seeding,
-rsbook.dataset_runs), and a failing step raises an error that names the command, its exit status and
-the end of its standard error."""
+rsbook.dataset_runs), two train with DistributedDataParallel (section 1), and a failing step raises an
+error that names the command, its exit status and the end of its standard error."""
 
 import io
 import sys
@@ -10,7 +10,7 @@ import pytest
 
 from rsbook import launch as launch_module
 from rsbook.launch import SHARDED_COMMANDS, LaunchError, launch, process_count, torchrun_command
-from rsbook.logs import read_certify_log, read_log_manifest
+from rsbook.logs import read_certify_log, read_log_manifest, read_manifest
 
 ENV = {"OMP_NUM_THREADS": "1"}
 
@@ -50,10 +50,21 @@ def test_a_malformed_argv_is_refused_before_anything_starts(argv, message):
 
 
 def test_a_step_that_does_not_shard_is_not_run_twice(tmp_path):
-    assert "train" not in SHARDED_COMMANDS
-    with pytest.raises(ValueError, match="rsbook train does not split its work across processes"):
-        launch(["train", "--dataset", "digits", "--out", str(tmp_path)], devices=2)
+    assert SHARDED_COMMANDS == ("certify", "predict", "train")  # training: DDP (rsbook.distributed)
+    with pytest.raises(ValueError, match="rsbook fetch does not split its work across processes; launch it with "
+                                         "devices=1 \\(commands that do: certify, predict, train\\)"):
+        launch(["fetch", "--all"], devices=2, cwd=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_through_the_launcher(tmp_path):
+    """launch(['train', ...], devices=2) runs DDP training (tests/test_distributed.py checks its weights)."""
+    out = tmp_path / "run"
+    command = launch(["train", "--dataset", "digits", "--arch", "digits_cnn", "--noise-sd", "0.25", "--epochs", "1",
+                      "--batch", "16", "--out", out, "--no-progress"], devices=2, env=ENV, stdout=io.StringIO())
+    assert "--nproc_per_node=2" in command and command[command.index("rsbook") + 1:][:2] == ["--", "train"]
+    assert read_manifest(out)["world_size"] == 2 and (out / "checkpoint.pt").is_file()
 
 
 def test_more_processes_than_visible_gpus_is_refused(monkeypatch, tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from rsbook import train as train_module
 from rsbook.cli import main
+from rsbook.distributed import all_sum, on_rank_zero, per_rank_batch, rank_key, rank_world, shard, unwrap, wrap
 from rsbook.logs import read_manifest
 from rsbook.models import load_checkpoint
 from rsbook.train import COHEN, DEFAULTS, train, train_models, training_defaults
@@ -30,7 +31,7 @@ def test_cli_contract_writes_the_checkpoint(tmp_path, capsys):
     assert payload["epoch"] == 2 and payload["noise_sd"] == 0.25 and payload["arch"] == "digits_cnn"
     assert len(_log_rows(out)) == 2
     manifest = read_manifest(out)
-    assert manifest["seed"] == 0 and manifest["epochs"] == 2
+    assert manifest["seed"] == 0 and manifest["epochs"] == 2 and manifest["world_size"] == 1
     # the digits defaults actually used are recorded (the flags were left out)
     assert manifest["parameters"] == {"dataset": "digits", "arch": "digits_cnn", "noise_sd": 0.25, "epochs": 2,
                                       **{k: v for k, v in DEFAULTS["digits"].items() if k != "epochs"}}
@@ -147,6 +148,25 @@ def test_a_finished_folder_refuses_other_parameters(tmp_path):
     # the linear schedule spans the run: more epochs would be another schedule, not an extension
     with pytest.raises(ValueError, match="different parameters \\(epochs\\): epochs: recorded 1, requested 2"):
         train("digits", "digits_cnn", 0.25, 2, tmp_path / "run", batch_size=128, progress=False)
+
+
+def test_the_global_batch_must_split_evenly_over_the_processes():
+    """Under torchrun the batch is the global one (rsbook.distributed; tests/test_distributed.py runs it)."""
+    assert per_rank_batch(400, 4) == 100 and per_rank_batch(2, 2) == 1 and per_rank_batch(3, 1) == 3
+    with pytest.raises(ValueError, match="the batch size 3 is the global batch and must be divisible by the world "
+                                         "size 2 .* choose a batch that is a multiple of 2, or a number of processes "
+                                         "that divides 3"):
+        per_rank_batch(3, 2)
+
+
+def test_one_process_keeps_its_streams_and_model():
+    """Without a process group the data-parallel helpers change nothing, so single-process runs keep their
+    weights (the resume tests above compare them bit for bit)."""
+    model = torch.nn.Linear(2, 2)
+    data = list(range(5))
+    assert rank_world() == (0, 1) and rank_key(3) == (3,) and rank_key("fars", 3) == ("fars", 3)
+    assert wrap(model, "cpu") is model and unwrap(model) is model and shard(data) is data
+    assert all_sum([2, 3.5], "cpu") == [2.0, 3.5] and on_rank_zero(lambda a, b: a + b, 1, b=2) == 3
 
 
 def test_train_models_names_folders_by_the_values_used(tmp_path):

@@ -5,6 +5,10 @@ the full model with l2-PGD, and time each way of certifying against Cohen et al.
 network. Every long step writes a run folder under `root` (rsbook.logs.run_folder) and skips the
 work already on disk; training checkpoints after every epoch.
 
+Training also runs from the command line, on one process or data parallel on K (DistributedDataParallel,
+rsbook.distributed): `python -m rsbook.fars.pipeline train --dataset digits --epochs 2 --out RUN`, or
+`torchrun --standalone --nproc_per_node=K -m rsbook.fars.pipeline -- train ...` (main).
+
 Tables use the layout of the FaRS paper (rsbook.published.table("fars", "Table 1") / "Table 2"): rows
 `variant` ('original', 'sparsemax'), columns `epsilon` ('natural', then the radii as strings), values
 as fractions.
@@ -20,11 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from rsbook import streams
+from rsbook import distributed, streams
 from rsbook._checks import check_positive_int, check_seed, check_sigma
-from rsbook._io import append_epoch_row, atomic_write, read_torch_dict, trim_epoch_rows
+from rsbook._io import append_epoch_row, atomic_write, read_torch_dict
 from rsbook.analysis import certified_accuracy
 from rsbook.attacks import pgd
 from rsbook.data import input_shape, load_dataset, num_classes
@@ -51,7 +56,6 @@ from rsbook.logs import (
     begin_run,
     finish_manifest,
     run_folder,
-    run_manifest,
 )
 from rsbook.progress import track
 from rsbook.smooth import ABSTAIN, Smooth
@@ -61,7 +65,7 @@ __all__ = ["CHECKPOINT", "TRAIN_LOG", "train_fars", "train_run", "load_fars", "s
            "per_class_certificates", "per_class_overclaims", "sparsemax_agreement", "smoothing_certificates",
            "sparsemax_certificates", "pgd_robustness",
            "smoothed_pgd_robustness", "robust_accuracy", "accuracy_table", "sanity_check", "certificate_violations",
-           "certification_times", "lipschitz_check", "CERTIFY_COLUMNS"]
+           "certification_times", "lipschitz_check", "CERTIFY_COLUMNS", "main"]
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.tsv"
@@ -108,13 +112,41 @@ def _backbone_from(path, backbone_config):
 
 
 def _clean_accuracy(model: FaRS, data, batch_size: int, device, workers: int) -> float:
+    """Accuracy of `model` on `data`; under a distributed run each rank takes its share
+    (rsbook.distributed.shard) and the counts are summed, which gives the single-process number."""
     model.eval()
     correct = total = 0
     with torch.inference_mode():
-        for inputs, labels in DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers):
+        for inputs, labels in DataLoader(distributed.shard(data), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers):
             correct += int((model(inputs.to(device)).argmax(1) == labels.to(device)).sum())
             total += len(labels)
+    correct, total = distributed.all_sum([correct, total], device)
     return correct / max(total, 1)
+
+
+class _TrainingForward(nn.Module):
+    """train_fars's training forward, (logits, the logits the loss sees), as one module, so that
+    DistributedDataParallel sees every use of a trained parameter (the pairwise margin reads the
+    head's weight)."""
+
+    def __init__(self, model: FaRS, train_backbone: bool, margin: float, margin_mode: str):
+        super().__init__()
+        self.model, self.train_backbone, self.margin, self.margin_mode = model, train_backbone, margin, margin_mode
+
+    def forward(self, inputs, labels, noise=None):
+        if self.train_backbone:
+            z = self.model.backbone(inputs)
+        else:
+            with torch.no_grad():
+                z = self.model.backbone(inputs)
+        if noise is not None:
+            z = z + noise
+        logits = self.model.head(z)
+        if not self.margin > 0:
+            return logits, logits
+        weight = self.model.head.weight if self.margin_mode == "pairwise" else None
+        return logits, margin_logits(logits, labels, self.margin, weight)
 
 
 def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), epochs: int, batch_size: int = 128,
@@ -141,6 +173,15 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
     the parameters. Initial weights come from `seed`, each epoch's shuffling, augmentation and noise from
     generators seeded by (seed, epoch), so an interrupted and resumed run ends with the same weights (on
     deterministic kernels).
+
+    Under torchrun (world size K > 1: `torchrun --nproc_per_node=K -m rsbook.fars.pipeline -- train
+    ...`, see main) the run is data parallel, as rsbook.train.train (rsbook.distributed): batch_size is
+    the global batch (refused unless K divides it), each rank's augmentation and embedding noise come
+    from streams keyed by (epoch, rank), the logged loss, training accuracy and test accuracy are
+    summed over the ranks (the test accuracy, each rank scoring its share, is the single-process
+    number for the same weights), rank 0 writes the checkpoint (the single-process format, read by
+    load_fars), the log and the manifest, which records K (a run with epochs left is resumed only by
+    K processes), and a resumed run with the same K ends with the weights of an uninterrupted one.
     """
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -159,7 +200,9 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
         raise ValueError("margin_mode 'pairwise' needs a linear head (hidden = []); use 'constant' for a deeper head")
     if not train_backbone and backbone_checkpoint is None:
         raise ValueError("train_backbone=False needs a backbone_checkpoint to freeze")
-    device = torch.device("cpu" if device is None else device)
+    rank, world = distributed.rank_world()
+    distributed.per_rank_batch(batch_size, world)
+    device = distributed.local_device(device)
     out = Path(out)
     classes = num_classes(dataset)
 
@@ -174,8 +217,10 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
     if state is not None:
         net.load_state_dict(state)
     model = FaRS(net, build_head(int(net.config["embedding_dim"]), classes, hidden)).to(device)
-    trained = model.parameters() if train_backbone else model.head.parameters()
-    optimizer = torch.optim.Adam(trained, lr=lr, weight_decay=weight_decay)
+    if not train_backbone:
+        model.backbone.requires_grad_(False)  # frozen: no gradient, and nothing for DDP to synchronise
+    optimizer = torch.optim.Adam(model.parameters() if train_backbone else model.head.parameters(), lr=lr,
+                                 weight_decay=weight_decay)
 
     parameters = {"dataset": dataset, "backbone": net.config, "hidden": hidden, "epochs": epochs,
                   "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "margin": margin,
@@ -185,47 +230,43 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
     train_set = load_dataset(dataset, "train", augment=True)
     test_set = load_dataset(dataset, "test") if evaluate else None
     checkpoint_path, log_path = out / CHECKPOINT, out / TRAIN_LOG
-    with run_manifest(out, parameters, seed=seed, device=device):
-        start = 0
-        if checkpoint_path.exists():
-            payload = read_torch_dict(checkpoint_path)
-            model.load_state_dict(payload["state_dict"])
-            optimizer.load_state_dict(payload["optimizer"])
-            start = int(payload["epoch"])
-        trim_epoch_rows(log_path, start)
-        for epoch in range(start, epochs):
-            started = time.perf_counter()
-            current = _cosine_lr(lr, epoch, epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = current
-            streams.seed_global(seed, "augment", "fars", epoch)
-            order = streams.generator(seed, "shuffle", "fars", epoch)
-            noise_gen = streams.generator(seed, "train", "fars", epoch, device=device)
-            loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=order, num_workers=workers)
-            model.train(train_backbone)
-            model.head.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for inputs, labels in track(loader, f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, every=0,
-                                        disable=not progress):
-                inputs, labels = inputs.to(device), labels.to(device)
-                if train_backbone:
-                    z = model.backbone(inputs)
-                else:
-                    with torch.no_grad():
-                        z = model.backbone(inputs)
-                if embedding_noise:
-                    z = z + torch.randn(z.shape, generator=noise_gen, device=device) * embedding_noise
-                logits = model.head(z)
-                weight = model.head.weight if (margin > 0 and margin_mode == "pairwise") else None
-                shifted = margin_logits(logits, labels, margin, weight) if margin > 0 else logits
-                loss = F.cross_entropy(logit_scale * shifted, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(labels)
-                correct += int((logits.argmax(1) == labels).sum())
-                seen += len(labels)
-            accuracy = _clean_accuracy(model, test_set, batch_size, device, workers) if evaluate else float("nan")
+    start = distributed.start_run(out, parameters, seed=seed, device=device, epochs=epochs, checkpoint=checkpoint_path,
+                                  log=log_path)
+    if start:
+        payload = read_torch_dict(checkpoint_path)
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 rewrites it
+    step = distributed.wrap(_TrainingForward(model, train_backbone, margin, margin_mode), device)
+    for epoch in range(start, epochs):
+        started = time.perf_counter()
+        current = _cosine_lr(lr, epoch, epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = current
+        loader = distributed.epoch_loader(train_set, batch_size, epoch, seed=seed, tag=("fars",), workers=workers)
+        noise_gen = streams.generator(seed, "train", "fars", *distributed.rank_key(epoch), device=device)
+        model.train(train_backbone)
+        model.head.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for inputs, labels in track(loader, f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, every=0,
+                                    disable=not progress or rank != 0):
+            inputs, labels = inputs.to(device), labels.to(device)
+            noise = None
+            if embedding_noise:
+                noise = torch.randn((len(inputs), int(net.config["embedding_dim"])), generator=noise_gen,
+                                    device=device) * embedding_noise
+            logits, shifted = step(inputs, labels, noise)
+            loss = F.cross_entropy(logit_scale * shifted, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
+        distributed.sync_buffers(model)
+        accuracy = _clean_accuracy(model, test_set, batch_size, device, workers) if evaluate else float("nan")
+        if rank == 0:
             payload = {"kind": "fars", "dataset": dataset, "backbone": net.config, "hidden": hidden,
                        "num_classes": classes, "state_dict": model.state_dict(), "epoch": epoch + 1,
                        "optimizer": optimizer.state_dict()}
@@ -233,6 +274,7 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
                 torch.save(payload, handle)
             append_epoch_row(log_path, _LOG_COLUMNS, (epoch + 1, current, loss_sum / seen, correct / seen, accuracy,
                                                       time.perf_counter() - started))
+    distributed.finish_run(out)
     return checkpoint_path
 
 
@@ -242,6 +284,78 @@ def train_run(root, name: str, dataset: str, **kwargs) -> Path:
     the same settings resumes or reuses the finished run. Returns the checkpoint path."""
     settings = {"dataset": dataset, **{k: v for k, v in kwargs.items() if k not in ("device", "workers", "progress")}}
     return train_fars(dataset, run_folder(root, "train", name, settings), **kwargs)
+
+
+def _command_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rsbook.fars.pipeline",
+                                     description="Train a FaRS model (train_fars); under `torchrun "
+                                     "--nproc_per_node=K -m rsbook.fars.pipeline -- train ...`, data parallel.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train_fars into --out (resumable), printing the checkpoint path")
+    train.add_argument("--dataset", required=True, help="dataset name (rsbook.data.DATASETS)")
+    train.add_argument("--out", required=True, type=Path, help="folder for checkpoint.pt, train_log.tsv, manifest")
+    train.add_argument("--backbone", help="sll_backbone options as a JSON object, e.g. '{\"widths\": [16, 32]}' "
+                       "(default: rsbook.fars.lipschitz.BACKBONE_DEFAULTS)")
+    train.add_argument("--hidden", type=int, nargs="*", default=[],
+                       help="hidden widths of the head (default: none, a linear head)")
+    train.add_argument("--epochs", type=int, required=True, help="epochs (the cosine schedule spans them)")
+    train.add_argument("--batch-size", type=int, default=128,
+                       help="global batch size (default 128; split evenly over torchrun's processes)")
+    train.add_argument("--lr", type=float, default=0.01, help="Adam's initial learning rate (default 0.01)")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="Adam's weight decay (default 0)")
+    train.add_argument("--margin", type=float, default=0.0, help="logit margin (default 0)")
+    train.add_argument("--margin-mode", default="pairwise", choices=("pairwise", "constant"),
+                       help="pairwise: margin * ||w_y - w_j||, a certified-radius margin (linear head); constant")
+    train.add_argument("--logit-scale", type=float, default=1.0, help="factor of the logits in the loss (default 1)")
+    train.add_argument("--embedding-noise", type=float, default=0.0,
+                       help="standard deviation of N(0, s^2) noise added to the embedding in training (default 0)")
+    train.add_argument("--backbone-checkpoint", type=Path, help="start the backbone from this FaRS checkpoint")
+    train.add_argument("--train-backbone", action=argparse.BooleanOptionalAction, default=True,
+                       help="train the backbone too (default); --no-train-backbone: a head on frozen features")
+    train.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, augmentation and noise")
+    train.add_argument("--device", default="cpu", help="torch device (default cpu; cuda: one GPU per process)")
+    train.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
+    train.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                       help="no test accuracy per epoch")
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
+    return parser
+
+
+def main(argv=None) -> int:
+    """`python -m rsbook.fars.pipeline train --dataset D --epochs E --out RUN [train_fars's options, as
+    --kebab-case flags; --backbone as JSON]`: train_fars from the command line, printing the checkpoint
+    path. Under `torchrun --nproc_per_node=K -m rsbook.fars.pipeline -- train ...` the processes join a
+    process group (rsbook.distributed.join) and train data parallel. A refused input exits with status
+    2 and one line `rsbook.fars train: error: ...` on standard error from each process."""
+    import json
+    import sys
+
+    args = vars(_command_parser().parse_args(argv))
+    args.pop("command")
+    joined = False
+    try:
+        text = args.pop("backbone")
+        try:
+            backbone = None if text is None else json.loads(text)
+        except json.JSONDecodeError:
+            backbone = text
+        if backbone is not None and not isinstance(backbone, dict):
+            raise ValueError("--backbone must be a JSON object of sll_backbone options, e.g. '{\"widths\": [16, 32], "
+                             f"\"embedding_dim\": 64}}', got {text!r}")
+        joined = distributed.join(args["device"])
+        path = train_fars(args.pop("dataset"), args.pop("out"), backbone=backbone, **args)
+        if distributed.rank_world()[0] == 0:
+            print(path)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rsbook.fars train: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+    return 0
+
 
 
 # ----------------------------------------------------------------------------------- certification
@@ -622,3 +736,9 @@ def lipschitz_check(backbone, xs, *, iterations: int = 30, steps: int = 100, see
     generator = streams.generator(seed, "probe", "lipschitz", device=device)
     return {"jacobian": float(max_jacobian_norm(backbone, xs, iterations, generator)),
             "pairs": float(adversarial_lipschitz_ratio(backbone, xs, steps=steps, generator=generator))}
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

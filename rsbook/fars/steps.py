@@ -1,0 +1,190 @@
+"""The heavy steps of the FaRS chapter, described once for the chapter and for the plan (rsbook.steps,
+rsbook.plan).
+
+    steps(parameters, root)  in the order the chapter runs them:
+        training (rsbook.fars.pipeline.train_run): the SLL backbone with its linear head end to end
+        (unless a backbone_checkpoint is given), the linear probe on frozen features (probe epochs > 0)
+        and the deeper head trained with embedding noise;
+        the certificates in the embedding space (closed form; the sparsemax head and both heads by
+        Monte Carlo on the head only), l2-PGD on the full model and on the smoothed sparsemax head, and
+        the timing of every way of certifying against CERTIFY on the whole network.
+
+Training has no `rsbook` command yet (`rsbook train-fars` is being written): its steps are in-process
+calls, run by rsbook.steps.run in the chapter's process on `device`; the certificates and attacks run
+in the chapter through rsbook.fars.pipeline and are found again by their run folders. `checkpoints`
+gives the chapter the three checkpoints it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rsbook import data
+from rsbook import steps as core
+from rsbook.logs import run_folder
+
+__all__ = ["CHAPTER", "steps", "checkpoints", "train_head"]
+
+CHAPTER = "fars"
+
+
+def train_head(module, inputs, labels):
+    """One training step of the head alone on frozen features (a linear probe, or the deeper head):
+    the backbone's forward pass without gradients, then the head's forward, backward and update; the
+    operation 'train_head' of the FaRS models."""
+    with torch.no_grad():
+        z = module.backbone(inputs)
+    loss = F.cross_entropy(module.head(z), labels)
+    module.head.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        for weight in module.head.parameters():
+            weight -= 1e-3 * weight.grad
+
+
+def _fars_model(dataset: str, backbone: Mapping, hidden) -> core.Model:
+    from rsbook.fars.certify import FaRS, build_head
+    from rsbook.fars.lipschitz import BACKBONE_DEFAULTS, sll_backbone
+
+    classes, shape = data.num_classes(dataset), data.input_shape(dataset)
+    embedding = int({**BACKBONE_DEFAULTS, **backbone}["embedding_dim"])
+
+    def build():
+        return FaRS(sll_backbone(shape, **backbone), build_head(embedding, classes, hidden))
+
+    head = "linear head" if not hidden else f"MLP head {list(hidden)}"
+    return core.Model(f"FaRS SLL backbone {dict(backbone)} + {head} ({dataset})", build, shape, classes,
+                      {"train_head": train_head})
+
+
+def _head_model(dataset: str, backbone: Mapping, hidden) -> core.Model:
+    from rsbook.fars.certify import build_head
+    from rsbook.fars.lipschitz import BACKBONE_DEFAULTS
+
+    classes = data.num_classes(dataset)
+    embedding = int({**BACKBONE_DEFAULTS, **backbone}["embedding_dim"])
+    head = "linear head" if not hidden else f"MLP head {list(hidden)}"
+    return core.Model(f"FaRS {head} on {embedding}-d embeddings ({dataset})",
+                      partial(build_head, embedding, classes, list(hidden or [])), (embedding,), classes)
+
+
+def _training(root: Path, name: str, dataset: str, kwargs: dict, work: tuple, device: str, note: str) -> core.Step:
+    """A train_run step: the call the chapter made before, and the checkpoint it leaves (train_run's folder)."""
+    from rsbook.fars.pipeline import CHECKPOINT, train_run
+
+    settings = {"dataset": dataset, **{k: v for k, v in kwargs.items() if k not in ("device", "workers", "progress")}}
+    return core.Step(CHAPTER, f"train {name.replace('_', ' ')}", "train", device,
+                     call=partial(train_run, root, name, dataset, **kwargs),
+                     output=run_folder(root, "train", name, settings) / CHECKPOINT, epochs=int(kwargs["epochs"]),
+                     work=work, note=note, info={"name": name})
+
+
+@core.register(CHAPTER)
+def steps(parameters: Mapping, root) -> list[core.Step]:
+    """The chapter's steps at `parameters` (its parameters cell) with run folder `root`."""
+    p, root = parameters, Path(root)
+    dataset, device, seed, workers = p["dataset"], p.get("device", "cpu"), int(p.get("seed", 0)), p.get("workers", 0)
+    backbone, sigma_head = dict(p.get("backbone") or {}), float(p["sigma_head"])
+    train_size, test_size = core.dataset_size(dataset, "train"), core.dataset_size(dataset, "test")
+    linear = _fars_model(dataset, backbone, [])
+    deep = _fars_model(dataset, backbone, p["deep_head"]["hidden"])
+    note = ("in the chapter's process (no rsbook command until `rsbook train-fars`); data loading not timed"
+            + ("; the given backbone_checkpoint's architecture is taken to be `backbone`"
+               if p.get("backbone_checkpoint") is not None else ""))
+    out: list[core.Step] = []
+
+    def epochs_work(model, operation, settings):
+        return (core.Work(operation, model, settings["epochs"] * train_size, int(settings["batch"])),
+                core.Work("forward", model, settings["epochs"] * test_size, int(settings["batch"])))
+
+    end_to_end = p.get("backbone_checkpoint")
+    if end_to_end is None:
+        t = p["train"]
+        step = _training(root, "end_to_end", dataset, dict(
+            backbone=p.get("backbone"), epochs=t["epochs"], batch_size=t["batch"], lr=t["lr"], margin=t["margin"],
+            logit_scale=t["logit_scale"], seed=seed, device=device, workers=workers),
+            epochs_work(linear, "train", t), device, note)
+        out.append(step)
+        end_to_end = step.output
+    checkpoint = end_to_end
+    probe = p["probe"]
+    if probe["epochs"] > 0:
+        step = _training(root, "probe", dataset, dict(
+            epochs=probe["epochs"], batch_size=probe["batch"], lr=probe["lr"], margin=probe["margin"],
+            logit_scale=probe["logit_scale"], seed=seed, backbone_checkpoint=end_to_end, train_backbone=False,
+            device=device, workers=workers), epochs_work(linear, "train_head", probe), device, note)
+        out.append(step)
+        checkpoint = step.output
+    d = p["deep_head"]
+    deep_step = _training(root, "deep_head", dataset, dict(
+        hidden=d["hidden"], epochs=d["epochs"], batch_size=d["batch"], lr=d["lr"], embedding_noise=sigma_head,
+        seed=seed, backbone_checkpoint=checkpoint, train_backbone=False, device=device, workers=workers),
+        epochs_work(deep, "train_head", d), device, note)
+    out.append(deep_step)
+
+    from rsbook.dataset_runs import selected_indices
+
+    indices = selected_indices(test_size, int(p.get("skip", 1)))
+    count = len(indices if p.get("max_examples") is None else indices[:int(p["max_examples"])])
+    n0, n, alpha, batch = int(p["n0"]), int(p["n"]), float(p["alpha"]), int(p["mc_batch"])
+    head, mlp = _head_model(dataset, backbone, []), _head_model(dataset, backbone, d["hidden"])
+    attack, epsilons = p["attack"], [float(e) for e in p["epsilons"]]
+    sampled = count * (n0 + n)
+    chapter = "runs in the chapter's process (no rsbook command)"
+    out.append(core.Step(CHAPTER, "embeddings and closed-form certificates", "certify_head", device,
+                         work=(core.Work("forward", linear, count, int(attack["batch"])),),
+                         note="recomputed at every execution (seconds); " + chapter))
+    certify = {"n0": n0, "n": n, "alpha": alpha, "batch": batch}
+    out.append(core.Step(CHAPTER, "sparsemax head, Monte Carlo on the head", "certify_head", device,
+                         record=core.RunRecord(root / "certify_sparsemax", "sparsemax", {
+                             "checkpoint": str(checkpoint), "sigma": sigma_head, "r": float(p["sparsemax_r"]),
+                             "bound": p["bound"], **certify}),
+                         examples=count, work=(core.Work("forward", head, sampled, batch),), note=chapter))
+    for name, model, trained in (("linear", head, checkpoint), ("mlp", mlp, deep_step.output)):
+        out.append(core.Step(CHAPTER, f"CERTIFY on the {name} head", "certify_head", device,
+                             record=core.RunRecord(root / "certify_head", name, {
+                                 "checkpoint": str(trained), "sigma": sigma_head, **certify}),
+                             examples=count, work=(core.Work("forward", model, sampled, batch),), note=chapter))
+    steps_, per = int(attack["steps"]), count * len(epsilons)
+    clip = [0.0, 1.0]
+    out.append(core.Step(CHAPTER, "l2-PGD on the full model", "attack", device,
+                         record=core.RunRecord(root / "pgd", "original", {
+                             "checkpoint": str(checkpoint), "epsilons": epsilons, "steps": steps_, "clip": clip}),
+                         examples=count,
+                         work=(core.Work("gradient", linear, per * steps_, int(attack["batch"])),
+                               core.Work("forward", linear, count + per, int(attack["batch"]))), note=chapter))
+    out.append(core.Step(CHAPTER, "l2-PGD on the smoothed sparsemax head", "attack", device,
+                         record=core.RunRecord(root / "pgd_sparsemax", "sparsemax", {
+                             "checkpoint": str(checkpoint), "epsilons": epsilons, "steps": steps_,
+                             "sigma": sigma_head, "r": float(p["sparsemax_r"]), "num_noise": int(attack["num_noise"]),
+                             "n_predict": int(attack["n_predict"]), "clip": clip}),
+                         examples=count,
+                         work=(core.Work("gradient", linear, per * steps_, int(attack["batch"])),
+                               core.Work("forward", linear, count + per, int(attack["batch"])),
+                               core.Work("forward", head, (count + per) * int(attack["n_predict"]), batch)),
+                         note="the head's num_noise copies per attack step are not counted (the backbone's pass "
+                              "dominates); " + chapter))
+    speed = p["speed"]
+    timed = (min(int(speed["examples"]), count) + 1) * (n0 + n)  # the measured examples and one warm-up
+    out.append(core.Step(CHAPTER, "timing of every certification method", "timing", device,
+                         work=(core.Work("forward", linear, timed, int(speed["batch"])),
+                               core.Work("forward", head, 2 * timed, int(speed["batch"])),
+                               core.Work("forward", mlp, timed, int(speed["batch"]))),
+                         note="a measurement: it reruns at every execution; " + chapter))
+    return out
+
+
+def checkpoints(parameters: Mapping, plan, trained: Mapping) -> dict:
+    """{'end_to_end', 'checkpoint', 'deep_head'}: the backbone's checkpoint (trained here, or the given
+    backbone_checkpoint), the model the chapter certifies (the probe's when probe epochs > 0, else the
+    end-to-end one) and the deeper head's; `trained` is what rsbook.steps.run returned for `plan`."""
+    names = {step.info["name"]: step.name for step in plan if step.kind == "train"}
+    end_to_end = parameters.get("backbone_checkpoint")
+    end_to_end = trained[names["end_to_end"]] if end_to_end is None else end_to_end
+    checkpoint = trained[names["probe"]] if "probe" in names else end_to_end
+    return {"end_to_end": end_to_end, "checkpoint": checkpoint, "deep_head": trained[names["deep_head"]]}
