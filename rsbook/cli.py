@@ -22,7 +22,6 @@ bar on a terminal, plain lines in files and pipes (rsbook.progress).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -109,11 +108,8 @@ def _training_epilog() -> str:
                      + [f"  {dataset}: {describe_settings(values)}" for dataset, values in DEFAULTS.items()])
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _smooth_command(args) -> Path:
+    from rsbook import published
     from rsbook.data import load_dataset, num_classes
     from rsbook.dataset_runs import certify_dataset, certify_radius_dataset, predict_dataset
     from rsbook.models import load_checkpoint
@@ -128,7 +124,7 @@ def _smooth_command(args) -> Path:
                                         dataset=args.dataset)
     smooth = Smooth(model, classes, args.sigma, device=device)
     parameters = {"dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint),
-                  "checkpoint_sha256": _sha256(args.checkpoint), "arch": checkpoint["arch"]}
+                  "checkpoint_sha256": published.file_sha256(args.checkpoint), "arch": checkpoint["arch"]}
     common = dict(alpha=args.alpha, batch_size=args.batch, skip=args.skip, max_index=args.max, seed=args.seed,
                   parameters=parameters, progress=not args.no_progress)
     if args.command == "certify" and args.radius is not None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import math
 import re
 import shutil
@@ -54,7 +53,7 @@ __all__ = [
     "PROFILES", "BOOK", "CHAPTER_ARTIFACTS", "DATASET_PARAMETERS", "DEFAULT_DATASET_PARAMETERS",
     "DOCUMENT_MODEL_PARAMETERS", "OUTPUT_ALLOWANCE",
     "DatasetRequirement", "CudaRequirement", "DiskRequirement", "ArtifactRequirement", "Missing",
-    "chapter_parameters", "book_chapters", "requirements", "requirements_for", "disk_estimate",
+    "chapter_parameters", "toc_documents", "book_chapters", "requirements", "requirements_for", "disk_estimate",
     "checkpoint_bytes", "check", "report", "main",
 ]
 
@@ -286,8 +285,9 @@ def chapter_parameters(name: str, profile: str, *, book: Path | str | None = Non
     return parameters
 
 
-def book_chapters(book: Path | str | None = None) -> list[str]:
-    """Names (file stems) of the documents of book/_toc.yml, root first, in reading order."""
+def toc_documents(book: Path | str | None = None) -> list[str]:
+    """The documents of book/_toc.yml in reading order, root first, as paths relative to book/ without
+    suffix (e.g. 'chapters/relax')."""
     book = Path(book) if book is not None else BOOK
     toc_path = book / "_toc.yml"
     if not toc_path.is_file():
@@ -305,7 +305,12 @@ def book_chapters(book: Path | str | None = None) -> list[str]:
     walk(toc.get("chapters"))
     for part in toc.get("parts", []) or []:
         walk(part.get("chapters"))
-    return [Path(f).name for f in files if f]
+    return [f for f in files if f]
+
+
+def book_chapters(book: Path | str | None = None) -> list[str]:
+    """Names (file stems) of the documents of book/_toc.yml, root first, in reading order."""
+    return [Path(f).name for f in toc_documents(book)]
 
 
 # ----------------------------------------------------------------------------------------- disk estimate
@@ -594,21 +599,13 @@ def _check_disks(reqs: list[DiskRequirement]) -> list[Missing]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_artifact(req: ArtifactRequirement) -> list[Missing]:
     from rsbook import published
 
     row = published.artifacts(name=req.name).iloc[0]
     sha = row["sha256"]
     cached = req.cache / row["repo"] / row["commit"] / row["path"]
-    if cached.is_file() and _sha256(cached) == sha:
+    if cached.is_file() and published.file_sha256(cached) == sha:
         return []
     found = [f"{cached} holds other content" if cached.is_file() else f"not in the cache ({cached})"]
     try:
@@ -620,7 +617,7 @@ def _check_artifact(req: ArtifactRequirement) -> list[Missing]:
             found.append("RSBOOK_MIRROR is not set")
         elif not (mirror / req.name).is_file():
             found.append(f"not in RSBOOK_MIRROR ({mirror / req.name} does not exist)")
-        elif (actual := _sha256(mirror / req.name)) != sha:
+        elif (actual := published.file_sha256(mirror / req.name)) != sha:
             found.append(f"{mirror / req.name} has sha256 {actual}, not the pinned one")
         else:
             return []

@@ -180,3 +180,25 @@ class Constant(torch.nn.Module):
         out = torch.zeros(batch.shape[0], self.classes)
         out[:, self.label] = 1.0
         return out
+
+
+def chapter_source(path: Path) -> dict:
+    """A chapter's jupytext notebook split for the source rules (DESIGN.md, conventions 1-2): `notebook`,
+    `parameters` (the cells tagged so), `code` and `prose` (joined sources), `glued` (names the prose shows
+    with {glue:...}) and `defined` (names the code glues, f-string patterns kept with their braces). Asserts
+    the rules every chapter shares: one parameters cell; no def, class or lambda."""
+    import re
+
+    import jupytext
+
+    notebook = jupytext.read(path)
+    parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1, f"{path}: expected one parameters cell, found {len(parameters)}"
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    assert not re.search(r"^\s*(def|class)\s", code, re.MULTILINE) and "lambda" not in code
+    prose = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+    glued = set(re.findall(r"\{glue:(?:text|figure)\}`?([A-Za-z_0-9]+)", prose))
+    glued |= set(re.findall(r"```\{glue:figure\} ([A-Za-z_0-9]+)", prose))
+    defined = set(re.findall(r'glue\(f?"([A-Za-z_0-9{}]+)"', code))
+    return {"notebook": notebook, "parameters": parameters[0], "code": code, "prose": prose, "glued": glued,
+            "defined": defined}

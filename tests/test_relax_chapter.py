@@ -13,26 +13,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "chapters" / "relax.md"
 sys.path.insert(0, str(ROOT / "tools"))
-from conftest import glued_values  # noqa: E402
+from conftest import chapter_source, glued_values  # noqa: E402
 
 import book  # noqa: E402  (tools/book.py, the build script)
 
 
 def test_chapter_source_follows_the_rules():
-    import jupytext
-
-    notebook = jupytext.read(CHAPTER)
-    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
-    assert not re.search(r"^\s*(def|class)\s", code, re.MULTILINE) and "lambda" not in code
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and cell is not tagged[0]:
+    source = chapter_source(CHAPTER)
+    for cell in source["notebook"].cells:
+        if cell.cell_type == "code" and cell is not source["parameters"]:
             assert "hide-input" in cell.metadata.get("tags", [])
-    prose = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
-    glued = set(re.findall(r"\{glue:(?:text|figure)\}`?([A-Za-z_0-9]+)", prose))
-    glued |= set(re.findall(r"```\{glue:figure\} ([A-Za-z_0-9]+)", prose))
-    defined = set(re.findall(r'glue\(f?"([A-Za-z_0-9{}]+)"', code))
+    glued, defined = source["glued"], source["defined"]
     literal = {name for name in glued if name in defined}
     patterns = [re.compile("^" + re.sub(r"\{[^}]*\}", "[A-Za-z_0-9]+", d) + "$") for d in defined if "{" in d]
     missing = {name for name in glued - literal if not any(p.match(name) for p in patterns)}

@@ -13,23 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "chapters" / "sequential.md"
 sys.path.insert(0, str(ROOT / "tools"))
-from conftest import glued_values
+from conftest import chapter_source, glued_values
 
 import book
 
 
 def test_chapter_source_follows_the_rules():
-    import jupytext
-
-    notebook = jupytext.read(CHAPTER)
-    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
-    assert not re.search(r"^\s*(def|class)\s", code, re.MULTILINE) and "lambda" not in code
-    prose = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
-    glued = set(re.findall(r"\{glue:(?:text|figure)\}`?([A-Za-z_0-9]+)", prose))
-    glued |= set(re.findall(r"```\{glue:figure\} ([A-Za-z_0-9]+)", prose))
-    defined = set(re.findall(r'glue\(f?"([A-Za-z_0-9{}]+)"', code))
+    source = chapter_source(CHAPTER)
+    prose, glued, defined = source["prose"], source["glued"], source["defined"]
     assert glued <= defined, f"prose references values that are never glued: {glued - defined}"
     outside_math = re.sub(r"\$\$.*?\$\$|\$[^$]*\$|\{glue:[a-z]+\}`[^`]*`|\{ref\}`[^`]*`|`[^`]*`|Section [0-9.]+",
                           "", prose, flags=re.DOTALL)

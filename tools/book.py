@@ -44,20 +44,9 @@ PARAMETERS_HEADER = "# profile: {profile} — parameters of this build"
 
 def toc_documents(book: Path = BOOK) -> list[str]:
     """Documents of _toc.yml in reading order, root first, as paths relative to book/ without suffix."""
-    toc = yaml.safe_load((book / "_toc.yml").read_text())
-    docs = [toc["root"]]
+    from rsbook.preflight import toc_documents as documents
 
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                docs.append(entry["file"])
-            walk(entry.get("sections"))
-            walk(entry.get("chapters"))
-
-    walk(toc.get("chapters"))
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    return docs
+    return documents(book)
 
 
 def is_notebook(path: Path) -> bool:

@@ -160,7 +160,8 @@ def artifact_url(name: str) -> str:
     return f"https://raw.githubusercontent.com/{row['repo']}/{row['commit']}/{row['path']}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, hex, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -182,7 +183,7 @@ def fetch(name: str, cache: Path | str | None = None) -> Path:
     target = root / row["repo"] / row["commit"] / row["path"]
     expected = row["sha256"]
     if target.is_file():
-        if _sha256(target) == expected:
+        if file_sha256(target) == expected:
             return target
         target.unlink()
     mirror = mirror_dir()
