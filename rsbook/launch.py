@@ -15,6 +15,16 @@ The `--` keeps torchrun's own parser, which reads `--n` and `--max` as its `--nn
 ``python -m rsbook ...`` process. Processes use gloo on the CPU and NCCL on GPUs (rsbook.cli picks
 it from `--device`).
 
+A step whose command line is another module's runs the same way with `module`:
+
+    launch(["train", "--dataset", "imagenette", ..., "--out", RUN], devices="auto",
+           module="rsbook.fars.pipeline", sharded=True)
+
+runs ``python -m torch.distributed.run ... -m rsbook.fars.pipeline -- train ...`` (``python -m
+rsbook.fars.pipeline train ...`` with one process). Whether such a command splits its work across
+processes is not known here: it is run on K > 1 processes only with sharded=True (the module's own
+promise, e.g. FaRS training's DDP), and with one otherwise.
+
 The child's standard output and error are streamed to ours as they arrive (in a notebook: into the
 cell's output); a failure raises LaunchError naming the command, its exit status and the tail of its
 standard error.
@@ -23,6 +33,7 @@ standard error.
 from __future__ import annotations
 
 import codecs
+import importlib.util
 import numbers
 import os
 import re
@@ -33,11 +44,16 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 
-__all__ = ["SHARDED_COMMANDS", "LaunchError", "process_count", "torchrun_command", "launch"]
+__all__ = ["SHARDED_COMMANDS", "LaunchError", "process_count", "check_module", "splits_work", "torchrun_command",
+           "launch"]
 
 SHARDED_COMMANDS = ("certify", "predict", "train")
 """The `rsbook` commands that split their work across torchrun ranks (the examples of certify and
-predict, each batch of train); any other runs with one process."""
+predict, each batch of train); any other runs with one process. Commands of other modules say so
+themselves (launch's `sharded`)."""
+
+DEFAULT_MODULE = "rsbook"
+"""The module whose command line runs a step unless another is named (rsbook.cli, `python -m rsbook`)."""
 
 STDERR_TAIL_LINES = 40
 """Lines of the child's standard error quoted by a LaunchError."""
@@ -46,7 +62,8 @@ STDERR_TAIL_LINES = 40
 class LaunchError(RuntimeError):
     """A launched step exited with a non-zero status: `command` (the argv run), `returncode`,
     `stderr_tail` (its last STDERR_TAIL_LINES lines of standard error) and `errors` (the lines in which
-    a process of the step reported its error, 'rsbook <command>: error: ...', at most 10)."""
+    a process of the step reported its error, 'rsbook <command>: error: ...' or, from a command of a
+    module of rsbook, e.g. 'rsbook.fars train: error: ...', at most 10)."""
 
     def __init__(self, command: list[str], returncode: int, stderr_tail: str, errors=()):
         self.command, self.returncode, self.stderr_tail = command, returncode, stderr_tail
@@ -76,7 +93,43 @@ def process_count(devices="auto", *, cpu_processes: int = 1) -> int:
     return int(devices)
 
 
-def _arguments(argv) -> list[str]:
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def check_module(module) -> str:
+    """`module` if it names a Python module that `python -m` can run here: a dotted name
+    (e.g. 'rsbook', 'rsbook.fars.pipeline') that importlib.util.find_spec finds, with a __main__
+    submodule when it is a package; ValueError otherwise."""
+    if not isinstance(module, str) or _MODULE_NAME.fullmatch(module) is None:
+        raise ValueError(f"module must be a dotted Python module name (e.g. 'rsbook' or 'rsbook.fars.pipeline'), "
+                         f"got {module!r}")
+    if module == DEFAULT_MODULE:
+        return module
+    try:
+        spec = importlib.util.find_spec(module)
+        package = spec is not None and spec.submodule_search_locations is not None
+        if package:  # python -m runs a package's __main__
+            spec = importlib.util.find_spec(f"{module}.__main__")
+    except (ImportError, ValueError):
+        spec, package = None, False
+    if spec is None:
+        raise ValueError(f"module {module!r} cannot be run with `python -m`: "
+                         + (f"the package has no {module}.__main__" if package else "no such module is importable here"))
+    return module
+
+
+def splits_work(command, module: str = DEFAULT_MODULE, sharded: bool | None = None) -> bool:
+    """Whether `command` (the first argument) of `python -m module` splits its work across torchrun
+    ranks: `sharded` when it is True or False; for sharded=None, command in SHARDED_COMMANDS (read at
+    call time) for module 'rsbook' and False for any other module."""
+    if sharded is not None:
+        if not isinstance(sharded, bool):
+            raise ValueError(f"sharded must be True, False or None, got {sharded!r}")
+        return sharded
+    return module == DEFAULT_MODULE and command in SHARDED_COMMANDS
+
+
+def _arguments(argv, module: str = DEFAULT_MODULE) -> list[str]:
     if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence) or not argv:
         raise ValueError(f"argv must be a non-empty list of command-line arguments (e.g. ['certify', '--dataset', "
                          f"'digits', ...]), got {argv!r}")
@@ -86,20 +139,25 @@ def _arguments(argv) -> list[str]:
             raise ValueError(f"argv entries must be strings, paths or numbers, got {value!r} in {list(argv)!r}")
         out.append(os.fspath(value) if isinstance(value, os.PathLike) else str(value))
     if out[0].startswith("-"):
-        raise ValueError(f"argv must start with an rsbook command (e.g. 'certify'), got {out[0]!r}")
+        if module == DEFAULT_MODULE:
+            raise ValueError(f"argv must start with an rsbook command (e.g. 'certify'), got {out[0]!r}")
+        raise ValueError(f"argv must start with a command of python -m {module} (e.g. 'train'), got {out[0]!r}")
     return out
 
 
-def torchrun_command(argv, processes: int) -> list[str]:
-    """The argv that runs ``rsbook <argv>`` with `processes` processes: with one, ``python -m rsbook
-    ...``; with more, ``python -m torch.distributed.run --standalone --nproc_per_node=K -m rsbook --
-    ...`` (the `--` is required; see the module docstring)."""
-    args = _arguments(argv)
+def torchrun_command(argv, processes: int, module: str = DEFAULT_MODULE) -> list[str]:
+    """The argv that runs ``<module> <argv>`` (module 'rsbook': the `rsbook` command; another, e.g.
+    'rsbook.fars.pipeline', its `python -m` command line) with `processes` processes: with one,
+    ``python -m <module> ...``; with more, ``python -m torch.distributed.run --standalone
+    --nproc_per_node=K -m <module> -- ...`` (the `--` is required; see the module docstring). Raises
+    ValueError for a module check_module refuses."""
+    module = check_module(module)
+    args = _arguments(argv, module)
     processes = process_count(processes)
     if processes == 1:
-        return [sys.executable, "-m", "rsbook", *args]
+        return [sys.executable, "-m", module, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "rsbook", "--", *args]
+            "-m", module, "--", *args]
 
 
 def _requested_device(args: list[str]) -> str | None:
@@ -111,13 +169,15 @@ def _requested_device(args: list[str]) -> str | None:
     return None
 
 
-_STEP_ERROR = re.compile(r"rsbook [\w-]+: error: ")
+_STEP_ERROR = re.compile(r"rsbook(?:\.[\w.]+)? [\w-]+: error: ")
+"""A step's own report of its error: 'rsbook certify: error: ...' (rsbook.cli), or from a command of a
+module of rsbook 'rsbook.fars train: error: ...' (rsbook.fars.pipeline)."""
 
 
 def _pump(source, sink, tail: bytearray | None = None, errors: list | None = None, limit: int = 1 << 16):
     """Copy a child's pipe to `sink` as it arrives (chunks, so progress bars pass through), keeping the
     last `limit` bytes in `tail` and the first 10 lines the step reports as errors ("rsbook <command>:
-    error: ...", which under torchrun come before its own long summary) in `errors`."""
+    error: ...", _STEP_ERROR, which under torchrun come before its own long summary) in `errors`."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
 
@@ -163,24 +223,36 @@ def _stop(process: subprocess.Popen):
             continue
 
 
-def launch(argv, devices="auto", *, cpu_processes: int = 1, env: Mapping[str, str] | None = None, cwd=None,
-           stdout=None, stderr=None, timeout: float | None = None) -> list[str]:
+def launch(argv, devices="auto", *, module: str = DEFAULT_MODULE, sharded: bool | None = None,
+           cpu_processes: int = 1, env: Mapping[str, str] | None = None, cwd=None, stdout=None, stderr=None,
+           timeout: float | None = None) -> list[str]:
     """Run ``rsbook <argv>`` (e.g. ['certify', '--dataset', 'cifar10', ..., '--out', LOG]) with one
     process per device (process_count(devices, cpu_processes=...)) and return the command it ran.
+
+    module: the module whose command line runs argv (``python -m <module> <argv>``, torchrun's
+    ``-m <module> -- <argv>``): 'rsbook' (rsbook.cli), or e.g. 'rsbook.fars.pipeline' for FaRS
+    training; check_module validates it. sharded: whether the command splits its work across processes
+    (splits_work): None means argv[0] in SHARDED_COMMANDS for module 'rsbook' and False for any other
+    module; True or False say it for the command.
 
     env: variables set for the step on top of ours (PYTHONUNBUFFERED=1 unless given). stdout, stderr:
     text streams the child's output is copied to as it arrives (default: sys.stdout and sys.stderr at
     call time). timeout: seconds before the step's process group is ended (then LaunchError). Raises
-    ValueError before starting anything for a malformed argv or devices, for K > 1 processes of a
-    command that does not shard (SHARDED_COMMANDS), or for a CUDA `--device` with fewer visible devices
-    than processes; LaunchError when the step exits with a non-zero status. The step's own guarantees
+    ValueError before starting anything for a malformed argv, module, sharded or devices, for K > 1
+    processes of a command that does not shard (splits_work), or for a CUDA `--device` with fewer visible
+    devices than processes; LaunchError when the step exits with a non-zero status. The step's own guarantees
     hold unchanged: a certify log has the rows one process writes, a training run resumes to the weights
     of an uninterrupted run with the same number of processes, and reruns resume."""
-    args = _arguments(argv)
+    module = check_module(module)
+    args = _arguments(argv, module)
+    shards = splits_work(args[0], module, sharded)
     processes = process_count(devices, cpu_processes=cpu_processes)
-    if processes > 1 and args[0] not in SHARDED_COMMANDS:
-        raise ValueError(f"rsbook {args[0]} does not split its work across processes; launch it with devices=1 "
-                         f"(commands that do: {', '.join(SHARDED_COMMANDS)})")
+    if processes > 1 and not shards:
+        if module == DEFAULT_MODULE:
+            raise ValueError(f"rsbook {args[0]} does not split its work across processes; launch it with devices=1 "
+                             f"(commands that do: {', '.join(SHARDED_COMMANDS)})")
+        raise ValueError(f"python -m {module} {args[0]} is not known to split its work across processes; launch it "
+                         "with devices=1, or with sharded=True if it does (data parallel under torchrun)")
     device = _requested_device(args)
     if device is not None and device.startswith("cuda"):
         visible = _cuda_count()
@@ -189,7 +261,7 @@ def launch(argv, devices="auto", *, cpu_processes: int = 1, env: Mapping[str, st
                              f"{visible} are visible")
     if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError(f"env must map variable names to string values, got {dict(env)!r}")
-    command = torchrun_command(args, processes)
+    command = torchrun_command(args, processes, module)
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     out, err = stdout if stdout is not None else sys.stdout, stderr if stderr is not None else sys.stderr
     tail, errors = bytearray(), []

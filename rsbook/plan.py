@@ -19,10 +19,11 @@ and prints it as a table with the total in hours. How the figures are made:
   to the step's batch; where a size would take longer than the time budget allows, the time per call at
   the step's batch is extrapolated linearly from the two largest sizes measured (recorded as
   measured_batch and extrapolated). seconds = sum of count / rate.
-- A command that splits its work across processes (rsbook.launch.SHARDED_COMMANDS) at a profile that
-  launches its steps (`launch`) is divided by the chapter's process count (one per visible GPU for
-  devices='auto'): linear scaling is assumed; on a CPU the processes share the cores, so nothing is
-  divided.
+- A command that splits its work across processes (Step.splits_work: an `rsbook` command in
+  rsbook.launch.SHARDED_COMMANDS, or a step of another module marked sharded, e.g. FaRS training's
+  `python -m rsbook.fars.pipeline train`, data parallel) at a profile that launches its steps
+  (`launch`) is divided by the chapter's process count (one per visible GPU for devices='auto'):
+  linear scaling is assumed; on a CPU the processes share the cores, so nothing is divided.
 - A step asking for CUDA on a machine without it is measured on the CPU: every figure is then a CPU
   figure, and the plan says so.
 - Done: rsbook.steps.progress (a checkpoint at its last epoch, a finished log, a finished run folder).
@@ -204,9 +205,9 @@ def _describe(device: torch.device) -> str:
 
 
 def _processes(step: book_steps.Step, parameters: Mapping, device: torch.device) -> int:
-    from rsbook.launch import SHARDED_COMMANDS, process_count
+    from rsbook.launch import process_count
 
-    if not parameters.get("launch") or step.command not in SHARDED_COMMANDS or device.type != "cuda":
+    if not parameters.get("launch") or not step.splits_work or device.type != "cuda":
         return 1
     return process_count(parameters.get("devices", "auto"), cpu_processes=1)
 
@@ -231,7 +232,7 @@ def _estimate(step: book_steps.Step, parameters: Mapping, meter: Meter) -> dict:
     return {"chapter": step.chapter, "step": step.name, "kind": step.kind, "device": where,
             "seconds": 0.0 if done else (full * (1.0 - fraction) if estimated else None),
             "seconds_full": full if estimated else None, "done": done, "progress": fraction,
-            "runner": step.runner, "command": None if step.argv is None else ["rsbook", *step.argv],
+            "runner": step.runner, "command": None if step.argv is None else list(step.command_line),
             "output": None if step.output is None else str(step.output), "processes": processes,
             "cpu_figures": device.type == "cpu", "estimate": items, "note": step.note}
 

@@ -5,10 +5,19 @@ A `Step` is one resumable unit of a chapter's work at its parameters — a train
 predict log, a results table — with
 
     chapter, name, kind   who it belongs to, a name unique in the chapter, and what it does (KINDS)
-    argv                  the `rsbook` command that runs it (rsbook.cli), or None when it has none
+    argv                  the command that runs it: an `rsbook` command (rsbook.cli), or one of the
+                          command line of `module`; None when it has none
+    module                the module whose command line runs argv (`python -m <module> <argv>`): 'rsbook'
+                          (rsbook.cli), or a document package's own (FaRS training's pipeline module, which
+                          the core's `rsbook` command may not import), whose `main(argv)` returns an exit
+                          status and whose commands take --no-progress
+    sharded               whether the command splits its work across torchrun's processes: None for
+                          rsbook.launch.SHARDED_COMMANDS (module 'rsbook'; no for another module), or
+                          True / False (rsbook.launch.splits_work)
     call                  an in-process callable that runs it and returns its output (a library call
                           with no command yet), or None
-    output                the checkpoint or log the chapter reads afterwards, exactly that path, or None
+    output                the checkpoint, log or run folder the chapter reads afterwards, exactly that path,
+                          or None
     record                for a step without output: where its run folder is found (RunRecord)
     epochs, examples      what complete means: the checkpoint's epoch, the log's rows
     work                  what it costs, as Work items (inputs through a Model for an operation at a batch
@@ -19,13 +28,14 @@ A step with neither argv nor call is run by the chapter's own library calls (e.g
 it is listed so that the plan counts it. `run(steps, launch=..., devices=...)` runs every step that
 has a command or a call, in order, skipping those already complete (`progress`): with launch=True a
 command runs through rsbook.launch — torchrun with one process per device for the commands that
-split their work (rsbook.launch.SHARDED_COMMANDS, read at call time, so a command that learns to
-shard is launched on every device without a change here), one plain process otherwise — and with
-launch=False in this process through rsbook.cli.main. Both ways write the same files: a log is always
-written by its `rsbook` command, whichever process runs it, so resuming one never meets another
-writer's manifest (rsbook.logs.begin_log refuses that). Every command resumes (certify and predict
-append the missing rows; train continues from its checkpoint), so an interrupted `run` picks up where
-it stopped when it is called again.
+split their work (Step.splits_work: rsbook.launch.SHARDED_COMMANDS, read at call time, so a command
+that learns to shard is launched on every device without a change here, or the step's `sharded`), one
+plain process otherwise — and with launch=False in this process through its module's main
+(rsbook.cli.main for `rsbook`). Both ways write the same files: a log or a training run is always
+written by its command, whichever process runs it, so resuming one never meets another writer's
+manifest (rsbook.logs.begin_log refuses that). Every command resumes (certify and predict append the
+missing rows; training continues from its checkpoint), so an interrupted `run` picks up where it
+stopped when it is called again.
 
 Each document package describes its chapters' steps in its own `steps` module and registers the
 function with `@register(chapter)`. The core never imports a document package: `discover()` imports
@@ -41,6 +51,7 @@ import io
 import json
 import math
 import pkgutil
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -176,16 +187,30 @@ class Step:
     work: tuple = ()
     note: str = ""
     info: Mapping = field(default_factory=dict)
+    module: str = "rsbook"
+    sharded: bool | None = None
 
     def __post_init__(self):
+        from rsbook.launch import check_module
+
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.argv is not None and self.call is not None:
             raise ValueError(f"step {self.name!r}: give a command (argv) or a call, not both")
+        if self.sharded is not None and not isinstance(self.sharded, bool):
+            raise ValueError(f"step {self.name!r}: sharded must be True, False or None, got {self.sharded!r}")
+        if self.module != "rsbook" or self.sharded is not None:
+            if self.argv is None:
+                raise ValueError(f"step {self.name!r}: a module or sharded describes a command: give argv")
+            try:
+                check_module(self.module)
+            except ValueError as err:
+                raise ValueError(f"step {self.name!r}: {err}") from None
         if self.argv is not None:
             args = tuple(str(a) for a in self.argv)
             if not args or args[0].startswith("-"):
-                raise ValueError(f"step {self.name!r}: argv must start with an rsbook command, got {self.argv!r}")
+                what = "an rsbook command" if self.module == "rsbook" else f"a command of python -m {self.module}"
+                raise ValueError(f"step {self.name!r}: argv must start with {what}, got {self.argv!r}")
             if self.output is None:
                 raise ValueError(f"step {self.name!r}: a command step names the output it leaves")
             object.__setattr__(self, "argv", args)
@@ -201,8 +226,26 @@ class Step:
 
     @property
     def command(self) -> str | None:
-        """The `rsbook` command of the step (e.g. 'certify'), or None."""
+        """The step's command, the first of argv (e.g. 'certify' of `rsbook`, 'train' of FaRS's
+        `python -m <module>`), or None."""
         return None if self.argv is None else self.argv[0]
+
+    @property
+    def command_line(self) -> tuple | None:
+        """The whole command as one would type it: ('rsbook', *argv) for module 'rsbook', else
+        ('python', '-m', module, *argv); None without argv."""
+        if self.argv is None:
+            return None
+        return ("rsbook", *self.argv) if self.module == "rsbook" else ("python", "-m", self.module, *self.argv)
+
+    @property
+    def splits_work(self) -> bool:
+        """Whether, launched, the command splits its work across processes (rsbook.launch.splits_work:
+        `sharded`, or for None the command in rsbook.launch.SHARDED_COMMANDS, read now, for module
+        'rsbook'); False for a step without a command."""
+        from rsbook import launch as launcher
+
+        return self.argv is not None and launcher.splits_work(self.command, self.module, self.sharded)
 
     @property
     def runner(self) -> str:
@@ -446,19 +489,27 @@ def _log_rows(path: Path) -> int:
     return len(seen)
 
 
+def _finished(manifest: Path, shards) -> bool:
+    """Whether `manifest` is stamped finished and no per-rank shard (`shards`) is left to fold in."""
+    return manifest.is_file() and bool(json.loads(manifest.read_text()).get("end_time")) and not any(shards)
+
+
 def progress(step: Step) -> float:
     """The fraction of `step` already on disk, in [0, 1]: a checkpoint's epoch over the step's epochs;
     for a log, 1 once its manifest is stamped finished with no shard left (rsbook.dataset_runs), else
-    its rows over the step's examples (below 1); for a RunRecord, 1 once a matching run folder is
+    its rows over the step's examples (below 1); for a run folder (an output that is a directory, e.g.
+    ANCER's image run), 1 once its manifest.json is stamped finished with no shard
+    left in it, else 0; for a RunRecord, 1 once a matching run folder is
     finished, else 0; 0 for a step with neither (a measurement that reruns every time)."""
     if step.output is not None:
         if not step.output.exists():
             return 0.0
+        if step.output.is_dir():
+            return 1.0 if _finished(step.output / MANIFEST, step.output.glob("*.part*")) else 0.0
         if step.output.suffix == ".pt":
             return min(1.0, _checkpoint_epoch(step.output) / step.epochs)
-        manifest = step.output.with_name(step.output.name + LOG_MANIFEST_SUFFIX)
-        shards = list(step.output.parent.glob(f"{step.output.name}.part*"))
-        if manifest.is_file() and json.loads(manifest.read_text()).get("end_time") and not shards:
+        if _finished(step.output.with_name(step.output.name + LOG_MANIFEST_SUFFIX),
+                     step.output.parent.glob(f"{step.output.name}.part*")):
             return 1.0
         if not step.examples:
             return 0.0
@@ -496,16 +547,36 @@ class _Tee(io.TextIOBase):
         return False
 
 
-def _in_process(step: Step, progress_output: bool, stderr):
-    from rsbook import cli
+_REPORTED = re.compile(r"^rsbook(?:\.[\w.]+)? [\w-]+: error: ")
+"""A command's own error line: 'rsbook certify: error: ...', or from a module of rsbook
+'rsbook.<package> <command>: error: ...'."""
 
+
+def _main(module: str):
+    """The `main(argv) -> exit status` of a step's module: rsbook.cli.main for 'rsbook' (looked up at
+    call time), else <module>.main."""
+    if module == "rsbook":
+        from rsbook import cli
+
+        return cli.main
+    found = getattr(importlib.import_module(module), "main", None)
+    if not callable(found):
+        raise StepError(f"module {module} has no main(argv) to run a step's command with")
+    return found
+
+
+def _in_process(step: Step, progress_output: bool, stderr):
+    main = _main(step.module)
     argv = list(step.argv) + ([] if progress_output else ["--no-progress"])
     errors = _Tee(stderr if progress_output else None)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-        status = cli.main(argv)
+        try:
+            status = main(argv)
+        except SystemExit as exit_:  # argparse refusing the command line
+            status = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     if status != 0:
-        reported = [line for line in errors.kept.splitlines() if line.startswith("rsbook ")]
-        raise StepError(f"step {step.name!r} ({step.chapter}): `rsbook {' '.join(step.argv)}` exited with status "
+        reported = [line for line in errors.kept.splitlines() if _REPORTED.match(line)]
+        raise StepError(f"step {step.name!r} ({step.chapter}): `{' '.join(step.command_line)}` exited with status "
                         f"{status}: {' '.join(reported[-3:]) or errors.kept[-2000:] or 'no message'}")
 
 
@@ -515,10 +586,12 @@ def run(steps: Sequence[Step], *, launch: bool = False, devices="auto", cpu_proc
     (is_done); return {step name: its output} for those steps (done ones included): the output path for
     a command, what the call returned for a call. Steps the chapter runs itself are skipped.
 
-    launch=False: commands run in this process (rsbook.cli.main), exactly as `rsbook <argv>` would.
-    launch=True: each command runs as its own process through rsbook.launch.launch: a command in
-    rsbook.launch.SHARDED_COMMANDS with process_count(devices, cpu_processes) processes (torchrun, one
-    per visible GPU for devices='auto', gloo on the CPU), any other with one. Calls always run here.
+    launch=False: commands run in this process through their module's main (rsbook.cli.main for
+    `rsbook`), exactly as `rsbook <argv>` or `python -m <module> <argv>` would.
+    launch=True: each command runs as its own process through rsbook.launch.launch (with the step's
+    module): a command that splits its work (Step.splits_work: in rsbook.launch.SHARDED_COMMANDS, or
+    sharded=True) with process_count(devices, cpu_processes) processes (torchrun, one per visible GPU
+    for devices='auto', gloo on the CPU), any other with one. Calls always run here.
     progress_output: the steps' progress lines (stderr; stdout/stderr: streams for a launched step's
     output, default ours). A failing step raises StepError (in-process) or rsbook.launch.LaunchError
     (launched) naming it; the steps before it stay complete on disk and a new call resumes."""
@@ -546,10 +619,11 @@ def run(steps: Sequence[Step], *, launch: bool = False, devices="auto", cpu_proc
             results[step.name] = Path(step.call())
             how = "in this process"
         elif launch:
-            count = processes if step.command in launcher.SHARDED_COMMANDS else 1
+            count = processes if step.splits_work else 1
             argv = list(step.argv) + ([] if progress_output else ["--no-progress"])
             try:
-                launcher.launch(argv, devices=count, stdout=stdout, stderr=stderr)
+                launcher.launch(argv, devices=count, module=step.module, sharded=step.sharded, stdout=stdout,
+                                stderr=stderr)
             except launcher.LaunchError as error:
                 raise StepError(f"step {step.name!r} ({step.chapter}) failed: {error}") from error
             results[step.name] = step.output
@@ -575,30 +649,42 @@ def _listing(names) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _label(step: Step) -> str:
+    """A command step's command in words: the `rsbook` command ('certify'), or for another module what
+    it does and its command line ('training with python -m <module> train')."""
+    if step.module == "rsbook":
+        return step.command
+    return f"{KIND_NAMES[step.kind]} with python -m {step.module} {step.command}"
+
+
 def summary(steps: Sequence[Step], *, launch: bool, devices="auto", cpu_processes: int = 1) -> str:
     """How `steps` run with these settings of `run`, in plain words for a chapter's prose (glued text, so
-    no markup): how many run as `rsbook` commands and where (in this process, or launched, with
-    process_count(devices) processes for the commands that split their work), and how many run in this
-    process for lack of a command."""
+    no markup): how many run as commands and where (in this process, or launched, with
+    process_count(devices) processes for the commands that split their work, Step.splits_work), and how
+    many run in this process for lack of a command. Commands are `rsbook` commands ('train', 'certify')
+    or, for a step of another module, what it does and its command line ('training with python -m
+    <module> train'); with any of those the words say 'commands' rather than 'rsbook commands'."""
     from rsbook import launch as launcher
 
     steps = list(steps)
-    commands = list(dict.fromkeys(s.command for s in steps if s.runner == "command"))
-    count = sum(s.runner == "command" for s in steps)
+    runs = [s for s in steps if s.runner == "command"]
+    commands = list(dict.fromkeys(_label(s) for s in runs))
+    count = len(runs)
+    noun = "rsbook command" if all(s.module == "rsbook" for s in runs) else "command"
     parts = []
     if commands and launch:
         processes = launcher.process_count(devices, cpu_processes=cpu_processes)
-        sharded = [c for c in commands if c in launcher.SHARDED_COMMANDS]
-        single = [c for c in commands if c not in launcher.SHARDED_COMMANDS]
+        sharded = list(dict.fromkeys(_label(s) for s in runs if s.splits_work))
+        single = [c for c in commands if c not in sharded]
         where = ([f"{_listing(sharded)} through torchrun with {processes} process{'es' if processes > 1 else ''} "
                   "each"] if sharded else []) + ([f"{_listing(single)} as one process"] if single else [])
-        parts.append(f"{count} of {len(steps)} ran as rsbook commands in processes of their own "
+        parts.append(f"{count} of {len(steps)} ran as {noun}s in processes of their own "
                      f"({'; '.join(where)})")
     elif commands:
-        parts.append(f"{count} of {len(steps)} ran as rsbook commands ({_listing(commands)}) inside this "
+        parts.append(f"{count} of {len(steps)} ran as {noun}s ({_listing(commands)}) inside this "
                      "notebook's process")
     others = [s for s in steps if s.runner != "command"]
     if others:
         kinds = _listing(list(dict.fromkeys(KIND_NAMES[s.kind] for s in others)))
-        parts.append(f"{len(others)} with no rsbook command ({kinds}) run in this process")
+        parts.append(f"{len(others)} with no {noun} ({kinds}) run in this process")
     return "; ".join(parts)

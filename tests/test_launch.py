@@ -1,7 +1,9 @@
 """rsbook.launch: a heavy step as one process per device through torchrun (issue 12, part 2). On the CPU,
 two gloo processes certifying digits write the rows one process writes (per-example seeding,
 rsbook.dataset_runs), two train with DistributedDataParallel (section 1), and a failing step raises an
-error that names the command, its exit status and the end of its standard error."""
+error that names the command, its exit status and the end of its standard error. A step of another
+module's command line (FaRS training, `python -m rsbook.fars.pipeline train`) is launched the same way,
+`-m <module> -- <argv>`, on several processes only when it says it shards."""
 
 import io
 import sys
@@ -9,7 +11,15 @@ import sys
 import pytest
 
 from rsbook import launch as launch_module
-from rsbook.launch import SHARDED_COMMANDS, LaunchError, launch, process_count, torchrun_command
+from rsbook.launch import (
+    SHARDED_COMMANDS,
+    LaunchError,
+    check_module,
+    launch,
+    process_count,
+    splits_work,
+    torchrun_command,
+)
 from rsbook.logs import read_certify_log, read_log_manifest, read_manifest
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -117,3 +127,57 @@ def test_a_failing_distributed_step_raises_with_torchrun_s_status(tmp_path):
     # each rank's own error line comes before torchrun's long summary: it is quoted first
     assert caught.value.errors and all("missing.pt" in line for line in caught.value.errors)
     assert str(caught.value).index("missing.pt") < str(caught.value).index("the end of its standard error")
+
+
+def test_another_module_runs_its_own_command_line():
+    fars = "rsbook.fars.pipeline"
+    assert torchrun_command(["train", "--epochs", 2], 2, module=fars) == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", fars, "--",
+        "train", "--epochs", "2"]
+    assert torchrun_command(["train", "--epochs", 2], 1, fars) == [sys.executable, "-m", fars, "train", "--epochs", "2"]
+    assert check_module("rsbook") == "rsbook" and check_module(fars) == fars
+
+
+@pytest.mark.parametrize("module, message", [
+    ("", "dotted Python module name"), ("rsbook.", "dotted Python module name"), ("1up", "dotted Python module name"),
+    ("rsbook fars", "dotted Python module name"), (None, "dotted Python module name"),
+    ("rsbook.no_such_module", "no such module is importable here"), ("no_such_package.x", "no such module"),
+    ("rsbook.fars", "the package has no rsbook.fars.__main__")])
+def test_a_module_python_cannot_run_is_refused_before_anything_starts(module, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        launch(["train", "--out", str(tmp_path / "run")], devices=1, module=module, cwd=tmp_path)
+    with pytest.raises(ValueError, match=message):
+        torchrun_command(["train"], 1, module=module)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sharded_none_is_the_rsbook_list_and_no_for_another_module(monkeypatch):
+    assert splits_work("certify") and splits_work("train", "rsbook") and not splits_work("fetch")
+    assert not splits_work("train", "rsbook.fars.pipeline") and splits_work("train", "rsbook.fars.pipeline", True)
+    assert splits_work("fetch", "rsbook", True) and not splits_work("train", "rsbook", False)
+    monkeypatch.setattr(launch_module, "SHARDED_COMMANDS", ("certify",))  # read at call time
+    assert not splits_work("train")
+    with pytest.raises(ValueError, match="sharded must be True, False or None"):
+        splits_work("train", "rsbook", "yes")
+
+
+def test_another_module_s_command_is_run_twice_only_when_it_says_it_shards(tmp_path):
+    with pytest.raises(ValueError, match="python -m rsbook.fars.pipeline train is not known to split its work across "
+                                         "processes; launch it with devices=1, or with sharded=True"):
+        launch(["train", "--out", str(tmp_path / "run")], devices=2, module="rsbook.fars.pipeline", cwd=tmp_path)
+    with pytest.raises(ValueError, match="rsbook train does not split its work across processes"):
+        launch(["train", "--out", str(tmp_path / "run")], devices=2, sharded=False, cwd=tmp_path)
+    with pytest.raises(ValueError, match="must start with a command of python -m rsbook.fars.pipeline"):
+        launch(["--epochs", "1"], devices=1, module="rsbook.fars.pipeline")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_command_of_another_module_is_quoted_by_its_own_error_line(tmp_path):
+    err = io.StringIO()
+    with pytest.raises(LaunchError) as caught:
+        launch(["train", "--dataset", "digits", "--backbone", "[4, 8]", "--epochs", "1", "--out", tmp_path / "bad",
+                "--no-progress"], devices=1, module="rsbook.fars.pipeline", sharded=True, env=ENV, stderr=err)
+    assert caught.value.returncode == 2 and caught.value.command[1:4] == ["-m", "rsbook.fars.pipeline", "train"]
+    assert caught.value.errors and caught.value.errors[0].startswith(
+        "rsbook.fars train: error: --backbone must be a JSON object of sll_backbone options")
+    assert not (tmp_path / "bad").exists()

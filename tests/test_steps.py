@@ -2,10 +2,14 @@
 leaves its checkpoint where rsbook.train.train_models puts it; steps run in this process and steps
 launched through torchrun (two gloo processes) write the same logs; a complete step is not run again;
 progress reads a checkpoint's epoch, a log's rows and a finished run folder; every chapter registers its
-steps and the core names no document package; a failing step names itself and its command."""
+steps and the core names no document package; a failing step names itself and its command. A step may
+name the module whose command line runs it (`python -m <module> <argv>`, e.g. FaRS training): it runs in
+this process through that module's main, or launched through it, sharded only when it says so."""
 
 import io
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +91,22 @@ def test_progress_counts_a_partial_log_and_its_shards(tmp_path):
                                                           "45\t1\t1\t0.5\t1\t0:00:00.1\n90\t2\t2")  # torn last row
     assert steps.progress(step) == pytest.approx(2 / 12)
     assert not steps.is_done(step)
+
+
+def test_a_run_folder_output_is_done_once_its_manifest_is_finished_with_no_shard_left(tmp_path):
+    folder = tmp_path / "anisotropic" / "digits-0123abcd"
+    step = steps.Step("ancer", "image", "optimise_certify", argv=("certify-image",), module="rsbook.ancer.pipeline",
+                      sharded=True, output=folder, examples=8)
+    assert steps.progress(step) == 0.0  # not there yet
+    folder.mkdir(parents=True)
+    manifest = {"parameters": {"n": 100}, "end_time": None}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert steps.progress(step) == 0.0  # begun, not finished
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "end_time": "2026-01-01T00:00:00+00:00"}))
+    (folder / "Fixed.tsv.part1").write_text("idx\n3\n")
+    assert not steps.is_done(step)  # a shard still to fold in
+    (folder / "Fixed.tsv.part1").unlink()
+    assert steps.is_done(step)
 
 
 def test_a_run_record_finds_the_finished_run_folder_it_matches(tmp_path):
@@ -178,3 +198,120 @@ def test_the_summary_says_where_the_steps_ran(tmp_path, monkeypatch):
     assert steps.summary(plan, launch=True, devices="auto").startswith(
         "3 of 4 ran as rsbook commands in processes of their own (certify and predict through torchrun with "
         "8 processes each; train as one process)")
+
+
+_FAKE = """
+import argparse, os, sys
+from pathlib import Path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="rsbook.fake")
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("make")
+    make.add_argument("--out", type=Path, required=True)
+    make.add_argument("--fail", action="store_true")
+    make.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.fail:
+        print("rsbook.fake make: error: boom", file=sys.stderr)
+        return 2
+    args.out.write_text(f"{os.getpid()} {os.environ.get('WORLD_SIZE', '1')} {args.no_progress}")
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+@pytest.fixture
+def fake_module(tmp_path, monkeypatch):
+    """A module `rsbook_fake_step` with a command line `make --out PATH [--fail]` (main(argv) -> status),
+    importable here and in launched processes."""
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    (folder / "rsbook_fake_step.py").write_text(_FAKE)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    yield "rsbook_fake_step"
+    sys.modules.pop("rsbook_fake_step", None)
+
+
+def _made(out: Path) -> tuple[int, int, str]:
+    pid, world, no_progress = out.read_text().split()
+    return int(pid), int(world), no_progress
+
+
+def test_a_step_of_another_module_runs_through_its_main_here_or_launched(tmp_path, fake_module, monkeypatch):
+    out = tmp_path / "made.txt"
+    step = steps.Step("t", "make it", "certify", argv=("make", "--out", out), output=out, module=fake_module)
+    assert step.command == "make" and step.command_line == ("python", "-m", fake_module, "make", "--out", str(out))
+    assert not step.splits_work and steps.Step("t", "s", "certify", argv=("make",), output=out, module=fake_module,
+                                               sharded=True).splits_work
+    monkeypatch.setattr(cli, "main", lambda argv: pytest.fail("ran through rsbook.cli"))
+    assert steps.run([step], launch=False, progress_output=False) == {"make it": out}
+    assert _made(out) == (os.getpid(), 1, "True")  # in this process, with --no-progress
+    err = io.StringIO()
+    steps.run([step], launch=True, devices=2, progress_output=True, stdout=io.StringIO(), stderr=err)
+    assert _made(out)[0] != os.getpid() and "make it (launched, 1 process)" in err.getvalue()  # sharded None: one
+    failing = steps.Step("t", "fail", "certify", argv=("make", "--out", out, "--fail"), output=out, module=fake_module)
+    with pytest.raises(steps.StepError, match=r"step 'fail' \(t\): `python -m rsbook_fake_step make --out .* --fail` "
+                                              r"exited with status 2: rsbook.fake make: error: boom"):
+        steps.run([failing], launch=False, progress_output=False)
+    refused = steps.Step("t", "refused", "certify", argv=("make", "--out", out, "--no-such-flag"), output=out, module=fake_module)
+    with pytest.raises(steps.StepError, match="(?s)exited with status 2: .*unrecognized arguments: --no-such-flag"):
+        steps.run([refused], launch=False, progress_output=False)  # argparse's SystemExit, not the kernel's end
+
+
+def test_a_sharded_step_of_another_module_is_launched_on_every_process(tmp_path, fake_module, monkeypatch):
+    launched = []
+    monkeypatch.setattr(launch_module, "launch", lambda argv, **kwargs: launched.append((argv, kwargs)))
+    monkeypatch.setattr(launch_module, "_cuda_count", lambda: 4)
+    out = tmp_path / "made.txt"
+    plan = [steps.Step("t", "sharded", "train", argv=("make", "--out", out), output=out, module=fake_module,
+                       sharded=True),
+            steps.Step("t", "single", "certify", argv=("make", "--out", out), output=out, module=fake_module)]
+    steps.run(plan, launch=True, devices="auto", progress_output=False)
+    assert [(kw["devices"], kw["module"], kw["sharded"]) for _, kw in launched] == [
+        (4, fake_module, True), (1, fake_module, None)]
+    assert launched[0][0] == ["make", "--out", str(out), "--no-progress"]
+
+
+def test_a_step_of_another_module_is_checked_when_it_is_made(tmp_path):
+    fars = "rsbook.fars.pipeline"
+    with pytest.raises(ValueError, match="must start with a command of python -m rsbook.fars.pipeline"):
+        steps.Step("x", "a", "train", argv=("--epochs", "1"), output=tmp_path / "c.pt", epochs=1, module=fars)
+    with pytest.raises(ValueError, match="a module or sharded describes a command: give argv"):
+        steps.Step("x", "a", "train", call=print, output=tmp_path / "c.pt", epochs=1, module=fars)
+    with pytest.raises(ValueError, match="a module or sharded describes a command"):
+        steps.Step("x", "a", "timing", sharded=True)
+    with pytest.raises(ValueError, match="step 'a': module 'rsbook.no_such' cannot be run with `python -m`"):
+        steps.Step("x", "a", "train", argv=("train",), output=tmp_path / "c.pt", epochs=1, module="rsbook.no_such")
+    with pytest.raises(ValueError, match="sharded must be True, False or None"):
+        steps.Step("x", "a", "train", argv=("train",), output=tmp_path / "c.pt", epochs=1, module=fars, sharded=1)
+    with pytest.raises(ValueError, match="argv must start with an rsbook command"):
+        steps.Step("x", "a", "train", argv=("--epochs",), output=tmp_path / "c.pt", epochs=1)
+    plain = steps.Step("x", "a", "train", argv=("train",), output=tmp_path / "c.pt", epochs=1)
+    assert plain.module == "rsbook" and plain.sharded is None and plain.command_line == ("rsbook", "train")
+    assert plain.splits_work and steps.Step("x", "t", "timing").command_line is None
+
+
+def test_the_summary_names_another_module_s_command_line(tmp_path, monkeypatch):
+    fars = "rsbook.fars.pipeline"
+    training = [steps.Step("fars", f"train {i}", "train", argv=("train", "--out", tmp_path / str(i)), module=fars,
+                           sharded=True, output=tmp_path / str(i) / "checkpoint.pt", epochs=1) for i in range(3)]
+    plan = [*training, steps.Step("fars", "timing", "timing")]
+    assert steps.summary(plan, launch=False) == (
+        "3 of 4 ran as commands (training with python -m rsbook.fars.pipeline train) inside this notebook's "
+        "process; 1 with no command (timing) run in this process")
+    assert steps.summary(plan, launch=True, devices=2) == (
+        "3 of 4 ran as commands in processes of their own (training with python -m rsbook.fars.pipeline train "
+        "through torchrun with 2 processes each); 1 with no command (timing) run in this process")
+    mixed = [*_digits_steps(tmp_path), *plan]
+    monkeypatch.setattr(launch_module, "_cuda_count", lambda: 8)
+    monkeypatch.setattr(launch_module, "SHARDED_COMMANDS", ("certify", "predict"))
+    assert steps.summary(mixed, launch=True).startswith(
+        "6 of 7 ran as commands in processes of their own (certify, predict and training with python -m "
+        "rsbook.fars.pipeline train through torchrun with 8 processes each; train as one process)")

@@ -17,6 +17,22 @@ and every input's certification from the streams (seed, 'select' / 'estimate', m
 (rsbook.streams), so a resumed run writes the same rows and the noise that chose sigma is never the
 noise that certifies it. `AnisotropicRun` reads the results back, builds the certified regions and applies
 memory-based certification (rsbook.ancer.memory).
+
+Under torch.distributed (a process group of K > 1 processes, rsbook.distributed) the chunks still
+having work are dealt out whole, rank r taking every K-th of them (pending[r::K]), so every chunk's
+optimisation and every input's certification draw from the same streams as with one process: K
+processes write the rows one process writes. Each rank appends its rows to its own shard
+`<method>.tsv.part<r>` and writes its chunks' parameter files (distinct per chunk, written
+atomically); after a barrier rank 0 folds the shards into `<method>.tsv` in input order and removes
+them. Rank 0 alone begins and finishes the manifest, and a refusal there is raised on every rank.
+Resuming: shards left by a killed run hold finished rows (the streams make them the rows a rerun
+would write), so rank 0 folds them in before the work is dealt out, whatever the number of
+processes now.
+
+The image run also has a command line, `python -m rsbook.ancer.pipeline certify-image ...` (main),
+under `torchrun --standalone --nproc_per_node=K -m rsbook.ancer.pipeline -- certify-image ...` one
+process per device: it loads a trained checkpoint, draws the test inputs image_experiment draws
+(image_examples) and calls run_methods, so the chapter's own call later finds every chunk done.
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rsbook import streams
+from rsbook import distributed, streams
 from rsbook._io import atomic_write
 from rsbook.ancer.anisotropic import (
     ABSTAIN,
@@ -53,7 +69,8 @@ from rsbook.progress import track
 
 __all__ = ["METHODS", "RESULT_COLUMNS", "CONFIG", "cpu_threads", "run_methods", "AnisotropicRun",
            "thesis_config", "thesis_settings", "toy_experiment", "released_toy", "image_experiment",
-           "processing_order", "pick_examples", "soundness_table"]
+           "image_examples", "processing_order", "pick_examples", "soundness_table", "IMAGE_SETTINGS",
+           "image_run_folder", "certify_image", "main"]
 
 CONFIG = "tarasrumezhak/RANCER/pipeline_2D/config.json"
 """The authors' released hyper-parameters of the thesis's 2-D pipeline (a pinned artifact)."""
@@ -125,13 +142,23 @@ def _chunk_parameters(folder, method, start, model, x, settings, seed, device) -
     return saved
 
 
+def _chunk_todo(folder, start, stop, method, done, indices) -> list | None:
+    """The positions of start..stop-1 that `method` has still to certify (keys not in `done`), or None
+    when the method has nothing to do in the chunk (Isotropic also needs its parameters on disk, which
+    ANCER and RANCER start from)."""
+    todo = [p for p in range(start, stop) if int(indices[p]) not in done]
+    if not todo and (method != "Isotropic" or _chunk_path(folder, method, start).exists()):
+        return None
+    return todo
+
+
 def _run_chunk(folder, start, stop, methods, tables, model, inputs, labels, indices, settings, *, num_classes, n0,
                n, alpha, batch_size, seed, device):
     """Optimise (or read back) and certify the inputs start..stop-1 with every method."""
     x = inputs[start:stop]
     for method in methods:
-        todo = [p for p in range(start, stop) if int(indices[p]) not in tables[method].done]
-        if not todo and (method != "Isotropic" or _chunk_path(folder, method, start).exists()):
+        todo = _chunk_todo(folder, start, stop, method, tables[method].done, indices)
+        if todo is None:
             continue
         saved = _chunk_parameters(folder, method, start, model, x, settings, seed, device)
         rotation = None if saved["rotation"] is None else Rotation.from_state(saved["rotation"], device)
@@ -158,6 +185,77 @@ def _run_chunk(folder, start, stop, methods, tables, model, inputs, labels, indi
         tables[method].append(rows)
 
 
+def _table_rows(path: Path) -> list[str]:
+    """The complete rows of a results TSV written by ResultsTable (RESULT_COLUMNS): its header and a
+    torn last line (what a killed writer leaves) dropped; none for a missing or empty file."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if len(lines) > 1 and lines[0] != "\t".join(RESULT_COLUMNS):
+        raise ValueError(f"{path}:1: header {tuple(lines[0].split(chr(9)))} is not the expected {RESULT_COLUMNS}")
+    return [line for line in lines[1:-1] if line.count("\t") == len(RESULT_COLUMNS) - 1]
+
+
+def _table_keys(path: Path) -> set:
+    return {int(line.split("\t", 1)[0]) for line in _table_rows(path)}
+
+
+def _shards(folder: Path, method: str) -> list[Path]:
+    """The per-rank shards <method>.tsv.part<rank> of a distributed run in `folder`."""
+    return sorted(folder.glob(f"{method}.tsv.part*"))
+
+
+def _fold_shards(folder: Path, methods, indices) -> None:
+    """Fold the shards of a distributed run into <method>.tsv: the rows of the table and of every shard
+    (torn last lines dropped, one row per input), in input order, written atomically; the shards are
+    then removed. A no-op for a method without shards (its table is left as it is)."""
+    position = {int(idx): p for p, idx in enumerate(indices)}
+    for method in methods:
+        parts = _shards(folder, method)
+        if not parts:
+            continue
+        table, rows = folder / f"{method}.tsv", {}
+        for path in [table, *parts]:
+            for line in _table_rows(path):
+                rows.setdefault(int(line.split("\t", 1)[0]), line)
+        ordered = sorted(rows, key=lambda idx: position.get(idx, len(position)))
+        with atomic_write(table, "w", encoding="utf-8") as out:
+            out.write("\n".join(["\t".join(RESULT_COLUMNS), *(rows[idx] for idx in ordered)]) + "\n")
+        for path in parts:
+            path.unlink()
+
+
+def _begin(folder: Path, parameters: dict, seed, device, methods, indices, starts, chunk_size: int) -> list[int]:
+    """Rank 0's start of a run: begin (or resume) the manifest, repair each method's table and fold in
+    the shards a killed distributed run left; return the starts of the chunks that still have work."""
+    begin_run(folder, parameters, seed=seed, device=device)
+    for method in methods:
+        ResultsTable(folder / f"{method}.tsv", RESULT_COLUMNS)  # creates it, or drops a torn last row
+    _fold_shards(folder, methods, indices)
+    done = {m: _table_keys(folder / f"{m}.tsv") for m in methods}
+    return [start for start in starts
+            if any(_chunk_todo(folder, start, min(start + chunk_size, len(indices)), m, done[m], indices) is not None
+                   for m in methods)]
+
+
+def _finish(folder: Path, methods, indices) -> None:
+    _fold_shards(folder, methods, indices)
+    finish_manifest(folder)
+
+
+def _parameters(model_id: str, num_classes: int, indices, labels, *, fixed_sigma, sigma0, iso, ancer, rancer, n0, n,
+                alpha, batch_size, chunk_size) -> tuple[dict, dict]:
+    """(the optimisers' settings, the parameters run_methods records and its run folder's digest covers)."""
+    settings = {"fixed_sigma": float(fixed_sigma), "sigma0": float(sigma0), "iso": dict(iso), "ancer": dict(ancer),
+                "rancer": dict(rancer)}
+    if "clip_sigma" in settings["rancer"]:
+        settings["rancer"]["clip_sigma"] = tuple(settings["rancer"]["clip_sigma"])
+    parameters = {"model": model_id, "num_classes": int(num_classes), **settings, "n0": int(n0), "n": int(n),
+                  "alpha": float(alpha), "batch_size": int(batch_size), "chunk_size": int(chunk_size),
+                  "indices": [int(i) for i in indices], "labels": [int(v) for v in labels]}
+    return settings, parameters
+
+
 def run_methods(root, label: str, model, inputs, labels, *, num_classes: int, fixed_sigma: float, sigma0: float,
                 iso: dict, ancer: dict, rancer: dict, n0: int, n: int, alpha: float, batch_size: int,
                 indices=None, chunk_size: int = 64, seed: int = 0, methods=METHODS, model_id: str = "",
@@ -173,8 +271,11 @@ def run_methods(root, label: str, model, inputs, labels, *, num_classes: int, fi
     Optimisation time per input is the chunk's time divided by its size (the optimisers work on a
     whole chunk at once); certification time is measured per input. num_threads: torch CPU threads
     while it runs (see cpu_threads; None leaves the setting alone).
+    Under a torch.distributed process group every rank calls it with the same arguments and gets the
+    chunks pending[rank::world] (see the module docstring; a CUDA device is the rank's own GPU,
+    rsbook.distributed.local_device); every rank returns once the folded tables are on disk.
     """
-    device = torch.device("cpu" if device is None else device)
+    device = distributed.local_device(device)
     methods = [m for m in METHODS if m in methods]
     if any(m in methods for m in ("ANCER", "RANCER")) and "Isotropic" not in methods:
         raise ValueError("methods ANCER and RANCER start from the Isotropic (DDS) sigma: include 'Isotropic'")
@@ -184,23 +285,28 @@ def run_methods(root, label: str, model, inputs, labels, *, num_classes: int, fi
     if not len(inputs) == len(labels) == len(indices):
         raise ValueError(f"inputs, labels and indices must have the same length, got {len(inputs)}, {len(labels)}, "
                          f"{len(indices)}")
-    settings = {"fixed_sigma": float(fixed_sigma), "sigma0": float(sigma0), "iso": dict(iso), "ancer": dict(ancer),
-                "rancer": dict(rancer)}
-    if "clip_sigma" in settings["rancer"]:
-        settings["rancer"]["clip_sigma"] = tuple(settings["rancer"]["clip_sigma"])
-    parameters = {"model": model_id, "num_classes": int(num_classes), **settings, "n0": int(n0), "n": int(n),
-                  "alpha": float(alpha), "batch_size": int(batch_size), "chunk_size": int(chunk_size),
-                  "indices": [int(i) for i in indices], "labels": [int(v) for v in labels]}
+    settings, parameters = _parameters(model_id, num_classes, indices, labels, fixed_sigma=fixed_sigma, sigma0=sigma0,
+                                       iso=iso, ancer=ancer, rancer=rancer, n0=n0, n=n, alpha=alpha,
+                                       batch_size=batch_size, chunk_size=chunk_size)
     folder = run_folder(root, "anisotropic", label, {**parameters, "seed": int(seed)})
-    begin_run(folder, parameters, seed=seed, device=device)
+    rank, world = distributed.rank_world()
     starts = list(range(0, len(inputs), int(chunk_size)))
-    tables = {m: ResultsTable(folder / f"{m}.tsv", RESULT_COLUMNS) for m in methods}
+    pending = distributed.on_rank_zero(_begin, folder, parameters, seed, device, methods, indices, starts,
+                                       int(chunk_size))
+    if world == 1:
+        tables = {m: ResultsTable(folder / f"{m}.tsv", RESULT_COLUMNS) for m in methods}
+    else:  # rows go to this rank's shards; the folded tables tell what is done
+        tables = {m: ResultsTable(folder / f"{m}.tsv.part{rank}", RESULT_COLUMNS) for m in methods}
+        for method in methods:
+            tables[method].done |= _table_keys(folder / f"{method}.tsv")
     with cpu_threads(num_threads):
-        for start in track(starts, label, unit="chunk", disable=not progress):
+        for start in track(pending[rank::world], label if world == 1 else f"{label} [rank {rank}]", unit="chunk",
+                           disable=not progress, position=rank if world > 1 else None):
             _run_chunk(folder, start, min(start + int(chunk_size), len(inputs)), methods, tables, model, inputs, labels,
                        indices, settings, num_classes=num_classes, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                        seed=seed, device=device)
-    finish_manifest(folder)
+    distributed.barrier()  # every shard complete before rank 0 folds them
+    distributed.on_rank_zero(_finish, folder, methods, indices)  # and no rank returns before the tables are whole
     return AnisotropicRun(folder, inputs.cpu(), methods, chunk_size=int(chunk_size))
 
 
@@ -402,27 +508,60 @@ def released_toy(skip: int = 1) -> dict:
             "model_id": name}
 
 
+def _draw_examples(dataset: str, num_examples: int, seed: int):
+    """(the test split of `dataset`, the indices of `num_examples` inputs drawn uniformly without
+    replacement from the stream (seed, 'subsample', 'examples'), in index order)."""
+    from rsbook.data import load_dataset
+
+    data = load_dataset(dataset, "test")
+    count = min(int(num_examples), len(data))
+    return data, np.sort(streams.numpy_generator(seed, "subsample", "examples").choice(len(data), count, replace=False))
+
+
+def image_examples(checkpoint, dataset: str, arch: str | None, num_examples: int, *, seed: int = 0,
+                   device=None) -> dict:
+    """The trained classifier in `checkpoint` (rsbook.models.load_checkpoint; `arch`, when given, must
+    be the checkpoint's) and `num_examples` test inputs of `dataset` drawn uniformly without
+    replacement from the stream (seed, 'subsample', 'examples'), in index order (also the memory
+    order). Returns {model, test: (inputs, labels), indices, model_id (the checkpoint)}."""
+    from rsbook.data import num_classes
+    from rsbook.models import load_checkpoint
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train it first, e.g. `rsbook train`)")
+    model, _ = load_checkpoint(checkpoint, num_classes(dataset), arch=arch, device=device, dataset=dataset)
+    data, indices = _draw_examples(dataset, num_examples, seed)
+    inputs = torch.stack([data[int(i)][0] for i in indices])
+    labels = np.array([data[int(i)][1] for i in indices])
+    return {"model": model, "test": (inputs, labels), "indices": indices, "model_id": str(checkpoint)}
+
+
+def image_run_folder(root, dataset: str, checkpoint, num_examples: int, settings: dict, *, chunk_size: int = 64,
+                     seed: int = 0, label: str | None = None) -> Path:
+    """The run folder run_methods writes for the image run of image_examples(checkpoint, dataset, ...,
+    num_examples, seed=seed) with run_methods's keyword `settings` (IMAGE_SETTINGS), found without
+    loading the model (the test labels are read)."""
+    from rsbook.data import num_classes
+
+    data, indices = _draw_examples(dataset, num_examples, seed)
+    labels = [data[int(i)][1] for i in indices]
+    _, parameters = _parameters(str(checkpoint), num_classes(dataset), indices, labels, chunk_size=chunk_size,
+                                **settings)
+    return run_folder(root, "anisotropic", label or dataset, {**parameters, "seed": int(seed)})
+
+
 def image_experiment(root, dataset: str, arch: str, train_sigma: float, epochs: int, num_examples: int, *,
                      seed: int = 0, device=None, num_threads: int | None = None, **train_kwargs) -> dict:
     """Train (resumably, rsbook.train.train_models) a base classifier on `dataset` with Gaussian
-    noise train_sigma and draw `num_examples` test inputs uniformly without replacement (seeded; in
-    index order, which is also the memory order). arch 'cifar_resnet18' is the thesis's ResNet-18
-    (rsbook.models). num_threads: torch CPU threads while training (see cpu_threads). Returns {model,
-    test: (inputs, labels), indices, model_id (the checkpoint)}."""
-    from rsbook.data import load_dataset, num_classes
-    from rsbook.models import load_checkpoint
+    noise train_sigma and draw `num_examples` test inputs (image_examples). arch 'cifar_resnet18' is
+    the thesis's ResNet-18 (rsbook.models). num_threads: torch CPU threads while training (see
+    cpu_threads). Returns {model, test: (inputs, labels), indices, model_id (the checkpoint)}."""
     from rsbook.train import train_models
 
     with cpu_threads(num_threads):
         checkpoint = train_models(root, dataset, arch, [train_sigma], epochs=epochs, seed=seed, device=device,
                                   **train_kwargs)[float(train_sigma)]
-    model, _ = load_checkpoint(checkpoint, num_classes(dataset), device=device, dataset=dataset)
-    data = load_dataset(dataset, "test")
-    count = min(int(num_examples), len(data))
-    indices = np.sort(streams.numpy_generator(seed, "subsample", "examples").choice(len(data), count, replace=False))
-    inputs = torch.stack([data[int(i)][0] for i in indices])
-    labels = np.array([data[int(i)][1] for i in indices])
-    return {"model": model, "test": (inputs, labels), "indices": indices, "model_id": str(checkpoint)}
+    return image_examples(checkpoint, dataset, arch, num_examples, seed=seed, device=device)
 
 
 def processing_order(count: int, seed=None):
@@ -458,3 +597,105 @@ def soundness_table(run: "AnisotropicRun", order=None) -> pd.DataFrame:
     table = pd.DataFrame(rows).T
     table.index.name = "method"
     return table
+
+
+# ------------------------------------------------------------------------------------ command line
+
+IMAGE_SETTINGS = ("fixed_sigma", "sigma0", "iso", "ancer", "rancer", "n0", "n", "alpha", "batch_size")
+"""The keys of certify-image's --settings: run_methods's keyword settings (the chapter's image_settings)."""
+
+
+def _command_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rsbook.ancer.pipeline",
+                                     description="The ANCER chapter's image run (run_methods); under `torchrun "
+                                     "--nproc_per_node=K -m rsbook.ancer.pipeline -- certify-image ...`, its chunks "
+                                     "shared among K processes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    image = commands.add_parser("certify-image", help="optimise sigma and CERTIFY the drawn test inputs with each "
+                                "method into the run folder run_methods uses (resumable), printing it")
+    image.add_argument("--checkpoint", required=True, type=Path, help="the trained classifier (`rsbook train`)")
+    image.add_argument("--dataset", required=True, help="dataset name (rsbook.data.DATASETS)")
+    image.add_argument("--arch", help="architecture, checked against the checkpoint's (default: the checkpoint's)")
+    image.add_argument("--num-examples", type=int, required=True, help="test inputs drawn (image_examples)")
+    image.add_argument("--settings", required=True,
+                       help=f"run_methods's settings as a JSON object with keys {', '.join(IMAGE_SETTINGS)}")
+    image.add_argument("--chunk-size", type=int, default=64, help="inputs optimised together (default 64)")
+    image.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                       help="methods to run (default: all four)")
+    image.add_argument("--seed", type=int, default=0, help="seed of the drawing, the optimisation and CERTIFY")
+    image.add_argument("--label", help="the run folder's label (default: the dataset)")
+    image.add_argument("--root", required=True, type=Path, help="runs root: the run folder is "
+                       "<root>/anisotropic/<label>-<digest>")
+    image.add_argument("--device", default="cpu", help="torch device (default cpu; cuda: one GPU per process)")
+    image.add_argument("--num-threads", type=int, help="torch CPU threads (default: leave torch's setting)")
+    image.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
+    return parser
+
+
+def _image_settings(text: str) -> dict:
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--settings must be a JSON object, got {text!r} ({err})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--settings must be a JSON object with keys {list(IMAGE_SETTINGS)}, got {text!r}")
+    missing, unknown = [k for k in IMAGE_SETTINGS if k not in settings], sorted(set(settings) - set(IMAGE_SETTINGS))
+    if missing or unknown:
+        raise ValueError(f"--settings must have exactly the keys {list(IMAGE_SETTINGS)}"
+                         + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+    return settings
+
+
+def certify_image(checkpoint, dataset: str, num_examples: int, settings: dict, *, root, arch: str | None = None,
+                  chunk_size: int = 64, methods=METHODS, seed: int = 0, label: str | None = None, device=None,
+                  num_threads: int | None = None, progress: bool = False) -> "AnisotropicRun":
+    """The chapter's in-process image run as one call: image_examples(checkpoint, ...) then run_methods
+    into root/anisotropic/<label>-<digest> with model_id the checkpoint, so the chapter's own call with the
+    same settings finds the same run folder (finished once its manifest.json has its end time)."""
+    from rsbook.data import num_classes
+
+    device = distributed.local_device(device)
+    data = image_examples(checkpoint, dataset, arch, num_examples, seed=seed, device=device)
+    run = run_methods(root, label or dataset, data["model"], *data["test"], indices=data["indices"],
+                      num_classes=num_classes(dataset), model_id=data["model_id"], chunk_size=chunk_size, seed=seed,
+                      methods=methods, device=device, num_threads=num_threads, progress=progress, **settings)
+    return run
+
+
+def main(argv=None) -> int:
+    """`python -m rsbook.ancer.pipeline certify-image --checkpoint CKPT --dataset D --num-examples N
+    --settings JSON --root ROOT [--chunk-size --seed --label --methods --device --num-threads]`:
+    certify_image from the command line, printing the run folder. Under `torchrun --nproc_per_node=K -m
+    rsbook.ancer.pipeline -- certify-image ...` the processes join a process group
+    (rsbook.distributed.join; gloo on the CPU, NCCL with cuda:LOCAL_RANK per process) and share the
+    chunks (run_methods). A refused input (a missing checkpoint, bad --settings) exits with status 2 and
+    one line `rsbook.ancer certify-image: error: ...` on standard error, having written nothing."""
+    import sys
+
+    args = vars(_command_parser().parse_args(argv))
+    command = args.pop("command")
+    joined = False
+    try:
+        settings = _image_settings(args.pop("settings"))
+        if not args["checkpoint"].is_file():
+            raise FileNotFoundError(f"checkpoint {args['checkpoint']} does not exist (train it first, e.g. "
+                                    "`rsbook train`)")
+        joined = distributed.join(args["device"])
+        run = certify_image(args.pop("checkpoint"), args.pop("dataset"), args.pop("num_examples"), settings, **args)
+        if distributed.rank_world()[0] == 0:
+            print(run.folder)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rsbook.ancer {command}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

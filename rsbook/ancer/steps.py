@@ -5,17 +5,25 @@ rsbook.plan).
         the toy and the released 2-D runs of the four methods (run_methods on the CPU, in the chapter),
         `rsbook train` of the image experiment's base classifier (the folder rsbook.train.train_models
         uses, so rsbook.ancer.pipeline.image_experiment finds the finished run),
-        the image run of the four methods (run_methods on `device`, in the chapter).
+        the image run of the four methods (`python -m rsbook.ancer.pipeline certify-image`, image_argv).
 
-run_methods (optimise sigma per input, then CERTIFY it, for Fixed / Isotropic / ANCER / RANCER) has no
-`rsbook` command: it runs in the chapter's process on one device, chunk after chunk, and resumes from
-its run folder. Its cost per input: each optimiser's iterations x num_samples gradient evaluations
-(a batch of chunk x num_samples noisy copies), RANCER's Lanczos Hessian-vector products (the custom
-operation 'hvp'), and n0 + n forward passes per method for CERTIFY.
+run_methods optimises sigma per input, then CERTIFIES it, for Fixed / Isotropic / ANCER / RANCER. The
+2-D runs are tiny and stay in the chapter's process. The image run is a command of the pipeline's own
+command line (module 'rsbook.ancer.pipeline', sharded: under torchrun each process takes whole chunks
+of inputs, rsbook.ancer.pipeline): rsbook.steps.run runs it in the chapter's process (launch=False) or
+through torchrun with one process per device (launch=True, profile full). It loads the checkpoint the
+train step leaves, draws the chapter's test inputs and writes the run folder the chapter's own
+run_methods call computes (rsbook.ancer.pipeline.image_run_folder), so that call finds every chunk
+done and only reads back. The step's output is that run folder, complete once its manifest.json is
+stamped finished with no per-process shard left (rsbook.steps.progress). Its cost
+per input: each optimiser's iterations x num_samples gradient evaluations (a batch of chunk x
+num_samples noisy copies), RANCER's Lanczos Hessian-vector products (the custom operation 'hvp'), and
+n0 + n forward passes per method for CERTIFY.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from functools import partial
@@ -26,9 +34,11 @@ import torch
 from rsbook import data
 from rsbook import steps as core
 
-__all__ = ["CHAPTER", "RELEASED_WEIGHTS", "steps", "hvp", "toy_model_id"]
+__all__ = ["CHAPTER", "MODULE", "RELEASED_WEIGHTS", "steps", "hvp", "toy_model_id", "image_argv"]
 
 CHAPTER = "ancer"
+MODULE = "rsbook.ancer.pipeline"
+"""The module whose command line runs the image experiment (`python -m rsbook.ancer.pipeline certify-image`)."""
 RELEASED_WEIGHTS = "tarasrumezhak/RANCER/pipeline_2D/weights/model_weights.pth"
 """The model_id of the released 2-D run (rsbook.ancer.pipeline.released_toy)."""
 
@@ -93,6 +103,17 @@ def _match(model_id: str, settings: Mapping, chunk: int) -> dict:
     return found
 
 
+def image_argv(checkpoint, dataset: str, arch: str, num_examples: int, settings: Mapping, *, root, chunk_size: int,
+               seed: int, device: str = "cpu", num_threads: int | None = None) -> list:
+    """The argv of `python -m rsbook.ancer.pipeline certify-image` that does what the chapter's
+    image_examples(checkpoint, dataset, arch, num_examples, seed=seed) and run_methods(root, dataset, ...,
+    chunk_size=chunk_size, seed=seed, **settings) do (settings as JSON, which keeps ints and floats)."""
+    argv = ["certify-image", "--checkpoint", Path(checkpoint), "--dataset", dataset, "--arch", arch,
+            "--num-examples", int(num_examples), "--settings", json.dumps(dict(settings)), "--chunk-size",
+            int(chunk_size), "--seed", int(seed), "--root", Path(root), "--device", device]
+    return argv + ([] if num_threads is None else ["--num-threads", int(num_threads)])
+
+
 @core.register(CHAPTER)
 def steps(parameters: Mapping, root) -> list[core.Step]:
     """The chapter's steps at `parameters` (seed, toy, toy_overrides, released_skip, clip_sigma, toy_chunk,
@@ -135,11 +156,27 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
     dataset, chunk = image["dataset"], int(p["image_chunk"])
     count = min(int(image["num_examples"]), core.dataset_size(dataset, "test"))
     model = _image_model(image["arch"], dataset)
-    out.append(core.Step(CHAPTER, f"four methods on {count:,} {dataset} test images", "optimise_certify", device,
-                         record=core.RunRecord(root / "anisotropic", dataset, _match(str(train.output), settings,
-                                                                                      chunk)),
-                         examples=count, work=_run_work(model, count, settings, chunk),
-                         note="runs in the chapter's process on one device (run_methods has no rsbook command to "
-                              "shard it); 'hvp': RANCER's Lanczos Hessian-vector products",
+    name, work = f"four methods on {count:,} {dataset} test images", _run_work(model, count, settings, chunk)
+    try:
+        from rsbook.ancer.pipeline import image_run_folder
+
+        folder = image_run_folder(root, dataset, train.output, image["num_examples"], settings, chunk_size=chunk,
+                                  seed=seed)
+    except (FileNotFoundError, ConnectionError, ValueError) as err:  # the test labels are part of the folder
+        out.append(core.Step(CHAPTER, name, "optimise_certify", device,
+                             record=core.RunRecord(root / "anisotropic", dataset, _match(str(train.output), settings,
+                                                                                          chunk)),
+                             examples=count, work=work,
+                             note=f"the {dataset} test set could not be read ({err}), so the run folder is unknown: "
+                                  "the chapter's own run_methods call runs it; 'hvp': RANCER's Lanczos "
+                                  "Hessian-vector products",
+                             info={"label": dataset}))
+        return out
+    argv = image_argv(train.output, dataset, image["arch"], image["num_examples"], settings, root=root,
+                      chunk_size=chunk, seed=seed, device=device, num_threads=p.get("cpu_threads"))
+    out.append(core.Step(CHAPTER, name, "optimise_certify", device, argv=tuple(argv), module=MODULE, sharded=True,
+                         output=folder, examples=count, work=work,
+                         note="python -m rsbook.ancer.pipeline certify-image (whole chunks shared among the "
+                              "processes when launched); 'hvp': RANCER's Lanczos Hessian-vector products",
                          info={"label": dataset}))
     return out

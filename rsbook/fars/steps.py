@@ -2,17 +2,22 @@
 rsbook.plan).
 
     steps(parameters, root)  in the order the chapter runs them:
-        training (rsbook.fars.pipeline.train_run): the SLL backbone with its linear head end to end
-        (unless a backbone_checkpoint is given), the linear probe on frozen features (probe epochs > 0)
-        and the deeper head trained with embedding noise;
+        training (`python -m rsbook.fars.pipeline train`, train_fars): the SLL backbone with its linear
+        head end to end (unless a backbone_checkpoint is given), the linear probe on frozen features
+        (probe epochs > 0) and the deeper head trained with embedding noise;
         the certificates in the embedding space (closed form; the sparsemax head and both heads by
         Monte Carlo on the head only), l2-PGD on the full model and on the smoothed sparsemax head, and
         the timing of every way of certifying against CERTIFY on the whole network.
 
-Training has no `rsbook` command yet (`rsbook train-fars` is being written): its steps are in-process
-calls, run by rsbook.steps.run in the chapter's process on `device`; the certificates and attacks run
-in the chapter through rsbook.fars.pipeline and are found again by their run folders. `checkpoints`
-gives the chapter the three checkpoints it reads.
+Training steps are commands of FaRS's own command line (module 'rsbook.fars.pipeline', sharded: it
+trains data parallel under torchrun, rsbook.distributed), since the core's `rsbook` command may not
+import a document package: rsbook.steps.run runs them in the chapter's process through
+rsbook.fars.pipeline.main (launch=False) or launches them through torchrun with one process per
+device (launch=True, profile full). Each trains into the run folder train_run would use for the same
+settings, root/train/<name>-<digest> (rsbook.logs.run_folder), with train_run's parameters, so either
+way writes and resumes the same run and the chapter reads its checkpoint there. The certificates and
+attacks run in the chapter through rsbook.fars.pipeline and are found again by their run folders.
+`checkpoints` gives the chapter the three checkpoints it reads.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
+import json
+
 import torch
 import torch.nn.functional as F
 
@@ -28,9 +35,51 @@ from rsbook import data
 from rsbook import steps as core
 from rsbook.logs import run_folder
 
-__all__ = ["CHAPTER", "steps", "checkpoints", "train_head"]
+__all__ = ["CHAPTER", "MODULE", "steps", "checkpoints", "train_head", "train_argv"]
 
 CHAPTER = "fars"
+
+MODULE = "rsbook.fars.pipeline"
+"""The module whose command line trains a FaRS model (`python -m rsbook.fars.pipeline train`)."""
+
+_RUN_ONLY = ("device", "workers", "progress")
+"""train_run's settings that do not identify the run (left out of its folder's digest)."""
+
+_SWITCHES = {"train_backbone": ("--train-backbone", "--no-train-backbone"), "evaluate": (None, "--no-evaluate"),
+             "progress": (None, "--no-progress")}
+"""train_fars's booleans as the command line's flags (when True, when False; None: the default)."""
+
+_TRAIN_OPTIONS = ("backbone", "hidden", "epochs", "batch_size", "lr", "weight_decay", "margin", "margin_mode",
+                  "logit_scale", "embedding_noise", "seed", "backbone_checkpoint", "device", "workers",
+                  *_SWITCHES)
+"""train_fars's keyword arguments the command line takes (rsbook.fars.pipeline._command_parser)."""
+
+
+def train_argv(dataset: str, out, **kwargs) -> list:
+    """The argv of `python -m rsbook.fars.pipeline train` that calls train_fars(dataset, out, **kwargs):
+    each keyword as its --kebab-case flag, `backbone` as JSON, `hidden` as its widths, booleans as
+    --[no-]flags; numbers written so that they parse back to the same value (floats by repr). The run's
+    recorded parameters are those of the call (train_fars normalises them the same way either way)."""
+    unknown = sorted(set(kwargs) - set(_TRAIN_OPTIONS))
+    if unknown:
+        raise ValueError(f"train_fars options with no command-line flag: {unknown}")
+    argv = ["train", "--dataset", dataset, "--out", Path(out)]
+    for key, value in kwargs.items():
+        if value is None:
+            continue  # the command's default is None too
+        if key in _SWITCHES:
+            flag = _SWITCHES[key][0 if value else 1]
+            argv += [] if flag is None else [flag]
+        elif key == "backbone":
+            argv += ["--backbone", json.dumps(dict(value))]
+        elif key == "hidden":
+            widths = [int(h) for h in value]
+            argv += ["--hidden", *widths] if widths else []
+        elif key == "backbone_checkpoint":
+            argv += ["--backbone-checkpoint", Path(value)]
+        else:
+            argv += [f"--{key.replace('_', '-')}", core._number(value)]
+    return argv
 
 
 def train_head(module, inputs, labels):
@@ -74,14 +123,16 @@ def _head_model(dataset: str, backbone: Mapping, hidden) -> core.Model:
 
 
 def _training(root: Path, name: str, dataset: str, kwargs: dict, work: tuple, device: str, note: str) -> core.Step:
-    """A train_run step: the call the chapter made before, and the checkpoint it leaves (train_run's folder)."""
-    from rsbook.fars.pipeline import CHECKPOINT, train_run
+    """A training step: `python -m rsbook.fars.pipeline train` with the settings of
+    train_run(root, name, dataset, **kwargs), into train_run's folder, where it leaves the checkpoint."""
+    from rsbook.fars.pipeline import CHECKPOINT
 
-    settings = {"dataset": dataset, **{k: v for k, v in kwargs.items() if k not in ("device", "workers", "progress")}}
+    settings = {"dataset": dataset, **{k: v for k, v in kwargs.items() if k not in _RUN_ONLY}}
+    folder = run_folder(root, "train", name, settings)
     return core.Step(CHAPTER, f"train {name.replace('_', ' ')}", "train", device,
-                     call=partial(train_run, root, name, dataset, **kwargs),
-                     output=run_folder(root, "train", name, settings) / CHECKPOINT, epochs=int(kwargs["epochs"]),
-                     work=work, note=note, info={"name": name})
+                     argv=tuple(train_argv(dataset, folder, **kwargs)), module=MODULE, sharded=True,
+                     output=folder / CHECKPOINT, epochs=int(kwargs["epochs"]), work=work, note=note,
+                     info={"name": name})
 
 
 @core.register(CHAPTER)
@@ -93,7 +144,7 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
     train_size, test_size = core.dataset_size(dataset, "train"), core.dataset_size(dataset, "test")
     linear = _fars_model(dataset, backbone, [])
     deep = _fars_model(dataset, backbone, p["deep_head"]["hidden"])
-    note = ("in the chapter's process (no rsbook command until `rsbook train-fars`); data loading not timed"
+    note = ("python -m rsbook.fars.pipeline train (data parallel when launched); data loading not timed"
             + ("; the given backbone_checkpoint's architecture is taken to be `backbone`"
                if p.get("backbone_checkpoint") is not None else ""))
     out: list[core.Step] = []
