@@ -49,7 +49,8 @@ from rsbook._io import read_torch_dict, trim_epoch_rows
 from rsbook.logs import MANIFEST, begin_run, finish_manifest
 
 __all__ = ["join", "rank_world", "local_device", "per_rank_batch", "resumed_world_size", "rank_key", "epoch_loader",
-           "shard", "wrap", "unwrap", "sync_buffers", "all_sum", "barrier", "on_rank_zero", "start_run", "finish_run"]
+           "shard", "wrap", "unwrap", "sync_buffers", "all_sum", "barrier", "on_rank_zero", "start_run", "finish_run",
+           "run_command"]
 
 
 def join(device) -> bool:
@@ -220,6 +221,28 @@ def on_rank_zero(function, *args, **kwargs):
     if message[0] is not None:
         raise message[0]
     return message[1]
+
+
+def run_command(prog: str, device, work) -> int:
+    """A document package's command line around `work` (a callable returning what to print): validate
+    and run it in the process group joined for `device` (join; left again at the end), print its result
+    on rank 0 and return 0; a refused input (ValueError, FileNotFoundError, raised by `work` on any rank)
+    prints one line `<prog>: error: <message>` on standard error and returns 2."""
+    import sys
+
+    joined = False
+    try:
+        joined = join(device)
+        result = work()
+        if rank_world()[0] == 0:
+            print(result)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+    return 0
 
 
 def _start(run_dir: Path, parameters: dict, seed, device, epochs: int, world: int, checkpoint: Path, log: Path) -> int:

@@ -672,27 +672,15 @@ def main(argv=None) -> int:
     (rsbook.distributed.join; gloo on the CPU, NCCL with cuda:LOCAL_RANK per process) and share the
     chunks (run_methods). A refused input (a missing checkpoint, bad --settings) exits with status 2 and
     one line `rsbook.ancer certify-image: error: ...` on standard error, having written nothing."""
-    import sys
-
     args = vars(_command_parser().parse_args(argv))
     command = args.pop("command")
-    joined = False
-    try:
+
+    def work():
         settings = _image_settings(args.pop("settings"))
-        if not args["checkpoint"].is_file():
-            raise FileNotFoundError(f"checkpoint {args['checkpoint']} does not exist (train it first, e.g. "
-                                    "`rsbook train`)")
-        joined = distributed.join(args["device"])
-        run = certify_image(args.pop("checkpoint"), args.pop("dataset"), args.pop("num_examples"), settings, **args)
-        if distributed.rank_world()[0] == 0:
-            print(run.folder)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"rsbook.ancer {command}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if joined:
-            torch.distributed.destroy_process_group()
-    return 0
+        return certify_image(args.pop("checkpoint"), args.pop("dataset"), args.pop("num_examples"), settings,
+                             **args).folder
+
+    return distributed.run_command(f"rsbook.ancer {command}", args["device"], work)
 
 
 if __name__ == "__main__":

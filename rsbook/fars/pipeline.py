@@ -330,12 +330,11 @@ def main(argv=None) -> int:
     process group (rsbook.distributed.join) and train data parallel. A refused input exits with status
     2 and one line `rsbook.fars train: error: ...` on standard error from each process."""
     import json
-    import sys
 
     args = vars(_command_parser().parse_args(argv))
     args.pop("command")
-    joined = False
-    try:
+
+    def work():
         text = args.pop("backbone")
         try:
             backbone = None if text is None else json.loads(text)
@@ -344,17 +343,9 @@ def main(argv=None) -> int:
         if backbone is not None and not isinstance(backbone, dict):
             raise ValueError("--backbone must be a JSON object of sll_backbone options, e.g. '{\"widths\": [16, 32], "
                              f"\"embedding_dim\": 64}}', got {text!r}")
-        joined = distributed.join(args["device"])
-        path = train_fars(args.pop("dataset"), args.pop("out"), backbone=backbone, **args)
-        if distributed.rank_world()[0] == 0:
-            print(path)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"rsbook.fars train: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if joined:
-            torch.distributed.destroy_process_group()
-    return 0
+        return train_fars(args.pop("dataset"), args.pop("out"), backbone=backbone, **args)
+
+    return distributed.run_command("rsbook.fars train", args["device"], work)
 
 
 
