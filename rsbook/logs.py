@@ -34,6 +34,9 @@ __all__ = [
     "LogFormatError",
     "LogWriter",
     "ResultsTable",
+    "table_rows",
+    "table_keys",
+    "fold_shards",
     "read_log",
     "read_certify_log",
     "read_predict_log",
@@ -227,6 +230,67 @@ class ResultsTable:
     def read(self) -> pd.DataFrame:
         """The table so far as a DataFrame."""
         return pd.read_csv(self.path, sep="\t")
+
+
+def table_rows(path, columns) -> list[str]:
+    """The complete rows (lines, no newline) of a TSV written by ResultsTable with `columns`: its header
+    checked and dropped, and a torn last line (what a killed writer leaves: no newline) dropped; none
+    for a missing or empty file."""
+    path, columns = Path(path), tuple(columns)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if len(lines) > 1 and lines[0] != "\t".join(columns):
+        raise LogFormatError(f"{path}:1: header {tuple(lines[0].split(chr(9)))} is not the expected {columns}")
+    return [line for line in lines[1:-1] if line.count("\t") == len(columns) - 1]
+
+
+def _row_key(line: str) -> int:
+    return int(line.split("\t", 1)[0])
+
+
+def _groups(lines: list[str], group: int) -> list[tuple[int, list[str]]]:
+    """(key, lines) of each example's group in `lines`: a run of consecutive rows with the same key (the
+    first column), cut into pieces of `group` rows; a piece of fewer rows (an example whose rows were
+    partly written when its writer was killed) is dropped."""
+    out, run = [], []
+    for line in [*lines, None]:
+        if run and (line is None or _row_key(line) != _row_key(run[0])):
+            out += [(_row_key(run[0]), run[i:i + group]) for i in range(0, len(run) - group + 1, group)]
+            run = []
+        if line is not None:
+            run.append(line)
+    return out
+
+
+def table_keys(path, columns, group: int = 1) -> set:
+    """The keys (first column, e.g. idx) of the examples whose `group` rows are all in the results table
+    `path` (table_rows; a partly written example does not count)."""
+    return {key for key, _ in _groups(table_rows(path, columns), group)}
+
+
+def fold_shards(table, columns, order=None, group: int = 1) -> bool:
+    """Fold the per-rank shards `<table>.part*` of a distributed run into the results table `table`
+    (ResultsTable with `columns`, keyed by its first column; `group` rows per example, appended together,
+    e.g. one per k): the complete groups of the table and of every shard (torn last lines and partly
+    written groups dropped; the first complete group of each key kept), ordered by `order` (a function of
+    the key; None: as found), written atomically; the shards are then removed. Without shards the table
+    is left as it is unless it ends with a partly written example, which is cut (so that a resumed
+    writer appends whole groups). Returns whether the table was rewritten."""
+    table, columns = Path(table), tuple(columns)
+    parts = sorted(table.parent.glob(f"{table.name}.part*"))
+    found = {}
+    for path in [table, *parts]:
+        for key, rows in _groups(table_rows(path, columns), group):
+            found.setdefault(key, rows)
+    if not parts and sum(map(len, found.values())) == len(table_rows(table, columns)):
+        return False
+    keys = list(found) if order is None else sorted(found, key=order)
+    with atomic_write(table, "w", encoding="utf-8") as out:
+        out.write("\n".join(["\t".join(columns), *(row for key in keys for row in found[key])]) + "\n")
+    for path in parts:
+        path.unlink()
+    return True
 
 
 def _format_row(kind: str, time_style: str, where: str, *, idx, label, predict, correct, time, radius=None,

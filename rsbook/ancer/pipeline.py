@@ -64,7 +64,7 @@ from rsbook.ancer.memory import (
     region_conflicts,
 )
 from rsbook.ancer.metrics import accuracy_table, acr_table, average_radius_improvement
-from rsbook.logs import ResultsTable, begin_run, finish_manifest, run_folder
+from rsbook.logs import ResultsTable, begin_run, finish_manifest, fold_shards, run_folder, table_keys
 from rsbook.progress import track
 
 __all__ = ["METHODS", "RESULT_COLUMNS", "CONFIG", "cpu_threads", "run_methods", "AnisotropicRun",
@@ -185,44 +185,12 @@ def _run_chunk(folder, start, stop, methods, tables, model, inputs, labels, indi
         tables[method].append(rows)
 
 
-def _table_rows(path: Path) -> list[str]:
-    """The complete rows of a results TSV written by ResultsTable (RESULT_COLUMNS): its header and a
-    torn last line (what a killed writer leaves) dropped; none for a missing or empty file."""
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    if len(lines) > 1 and lines[0] != "\t".join(RESULT_COLUMNS):
-        raise ValueError(f"{path}:1: header {tuple(lines[0].split(chr(9)))} is not the expected {RESULT_COLUMNS}")
-    return [line for line in lines[1:-1] if line.count("\t") == len(RESULT_COLUMNS) - 1]
-
-
-def _table_keys(path: Path) -> set:
-    return {int(line.split("\t", 1)[0]) for line in _table_rows(path)}
-
-
-def _shards(folder: Path, method: str) -> list[Path]:
-    """The per-rank shards <method>.tsv.part<rank> of a distributed run in `folder`."""
-    return sorted(folder.glob(f"{method}.tsv.part*"))
-
-
 def _fold_shards(folder: Path, methods, indices) -> None:
-    """Fold the shards of a distributed run into <method>.tsv: the rows of the table and of every shard
-    (torn last lines dropped, one row per input), in input order, written atomically; the shards are
-    then removed. A no-op for a method without shards (its table is left as it is)."""
+    """Fold the shards <method>.tsv.part<rank> of a distributed run into <method>.tsv in input order
+    (rsbook.logs.fold_shards: one row per input, torn last lines dropped, shards removed)."""
     position = {int(idx): p for p, idx in enumerate(indices)}
     for method in methods:
-        parts = _shards(folder, method)
-        if not parts:
-            continue
-        table, rows = folder / f"{method}.tsv", {}
-        for path in [table, *parts]:
-            for line in _table_rows(path):
-                rows.setdefault(int(line.split("\t", 1)[0]), line)
-        ordered = sorted(rows, key=lambda idx: position.get(idx, len(position)))
-        with atomic_write(table, "w", encoding="utf-8") as out:
-            out.write("\n".join(["\t".join(RESULT_COLUMNS), *(rows[idx] for idx in ordered)]) + "\n")
-        for path in parts:
-            path.unlink()
+        fold_shards(folder / f"{method}.tsv", RESULT_COLUMNS, order=lambda idx: position.get(idx, len(position)))
 
 
 def _begin(folder: Path, parameters: dict, seed, device, methods, indices, starts, chunk_size: int) -> list[int]:
@@ -232,7 +200,7 @@ def _begin(folder: Path, parameters: dict, seed, device, methods, indices, start
     for method in methods:
         ResultsTable(folder / f"{method}.tsv", RESULT_COLUMNS)  # creates it, or drops a torn last row
     _fold_shards(folder, methods, indices)
-    done = {m: _table_keys(folder / f"{m}.tsv") for m in methods}
+    done = {m: table_keys(folder / f"{m}.tsv", RESULT_COLUMNS) for m in methods}
     return [start for start in starts
             if any(_chunk_todo(folder, start, min(start + chunk_size, len(indices)), m, done[m], indices) is not None
                    for m in methods)]
@@ -298,7 +266,7 @@ def run_methods(root, label: str, model, inputs, labels, *, num_classes: int, fi
     else:  # rows go to this rank's shards; the folded tables tell what is done
         tables = {m: ResultsTable(folder / f"{m}.tsv.part{rank}", RESULT_COLUMNS) for m in methods}
         for method in methods:
-            tables[method].done |= _table_keys(folder / f"{method}.tsv")
+            tables[method].done |= table_keys(folder / f"{method}.tsv", RESULT_COLUMNS)
     with cpu_threads(num_threads):
         for start in track(pending[rank::world], label if world == 1 else f"{label} [rank {rank}]", unit="chunk",
                            disable=not progress, position=rank if world > 1 else None):
