@@ -113,3 +113,12 @@ def check_model(model, what: str = "attacking") -> None:
     if isinstance(model, torch.nn.Module) and model.training:
         warnings.warn(f"model is in training mode; batch-norm and dropout then make f depend on the batch. "
                       f"Call .eval() before {what}.", stacklevel=3)
+
+
+def check_checkpoint(checkpoint) -> None:
+    """A trained checkpoint file that exists; FileNotFoundError saying how to make one otherwise (checked
+    before a run writes anything)."""
+    from pathlib import Path
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train it first, e.g. `rsbook train`)")

@@ -34,3 +34,14 @@ def test_check_num_classes_needs_two_or_more(bad):
 def test_classifiers_reject_one_class(build):
     with pytest.raises(ValueError, match="num_classes must be >= 2"):
         build(1)
+
+
+def test_check_checkpoint_names_the_missing_file_and_how_to_make_one(tmp_path):
+    from rsbook._checks import check_checkpoint
+
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt does not exist \(train it first"):
+        check_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError):
+        check_checkpoint(tmp_path)  # a folder is not a checkpoint
+    (tmp_path / "model.pt").write_bytes(b"")
+    check_checkpoint(tmp_path / "model.pt")

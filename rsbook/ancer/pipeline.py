@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from rsbook import distributed, streams
+from rsbook._checks import check_checkpoint
 from rsbook._io import atomic_write
 from rsbook.ancer.anisotropic import (
     ABSTAIN,
@@ -495,8 +496,7 @@ def image_examples(checkpoint, dataset: str, arch: str | None, num_examples: int
     from rsbook.data import num_classes
     from rsbook.models import load_checkpoint
 
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train it first, e.g. `rsbook train`)")
+    check_checkpoint(checkpoint)
     model, _ = load_checkpoint(checkpoint, num_classes(dataset), arch=arch, device=device, dataset=dataset)
     data, indices = _draw_examples(dataset, num_examples, seed)
     inputs = torch.stack([data[int(i)][0] for i in indices])

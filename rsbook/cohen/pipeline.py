@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from rsbook import distributed, streams
-from rsbook._checks import check_alpha, check_clip, check_positive_int
+from rsbook._checks import check_alpha, check_checkpoint, check_clip, check_positive_int
 from rsbook.analysis import certified_accuracy
 from rsbook.cohen.attacks import ATTACK_COLUMNS, _check_multipliers, attack_certify_log
 from rsbook.cohen.topk import certify_topk
@@ -149,11 +149,6 @@ def topk_folder(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alp
     return run_folder(root, "topk", f"{dataset}_sigma{float(sigma):g}", parameters)
 
 
-def _check_checkpoint(checkpoint) -> None:
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train it first, e.g. `rsbook train`)")
-
-
 def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alpha: float, batch_size: int,
                skip: int = 1, max_index: int = -1, seed: int = 0, split: str = "test", device=None,
                progress: bool = False) -> pd.DataFrame:
@@ -169,7 +164,7 @@ def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alph
         raise ValueError(f"ks must be distinct positive integers, got {ks!r}")
     check_positive_int(n, "n"), check_alpha(alpha), check_positive_int(batch_size, "batch_size")
     check_positive_int(skip, "skip")
-    _check_checkpoint(checkpoint)
+    check_checkpoint(checkpoint)
     device = distributed.local_device(device) if distributed.rank_world()[1] > 1 else device
     parameters = _topk_parameters(dataset, checkpoint, sigma, ks, n, alpha, batch_size, skip, split)
     folder = topk_folder(root, dataset, checkpoint, sigma, ks, n=n, alpha=alpha, batch_size=batch_size, skip=skip,
@@ -223,7 +218,7 @@ def attack_runs(root, dataset: str, checkpoint, sigma: float, certify_log: pd.Da
     missing = [c for c in ("idx", "label", "radius", "correct") if c not in getattr(certify_log, "columns", ())]
     if missing:
         raise ValueError(f"certify_log must be a certify log DataFrame; it lacks columns {missing}")
-    _check_checkpoint(checkpoint)
+    check_checkpoint(checkpoint)
     device = distributed.local_device(device) if distributed.rank_world()[1] > 1 else device
     parameters = _attack_parameters(dataset, checkpoint, sigma, multipliers, n_predict, alpha, batch_size, steps,
                                     num_noise, clip)
