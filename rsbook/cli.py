@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -162,36 +161,12 @@ def _train_command(args) -> Path:
                  device=args.device, progress=not args.no_progress)
 
 
-def _init_distributed(device: str) -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on the CPU, nccl on GPUs
-    (rsbook.distributed.join)."""
-    from rsbook.distributed import join
-
-    return join(device)
-
-
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    distributed = False
-    try:
-        if args.command in ("certify", "predict"):
-            distributed = _init_distributed(args.device)
-            path = _smooth_command(args)
-            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-                print(path)
-        elif args.command == "train":
-            distributed = _init_distributed(args.device)  # under torchrun: data parallel (rsbook.distributed)
-            path = _train_command(args)
-            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-                print(path)
-        else:
-            _fetch_command(args)
-    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"rsbook {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
-    return 0
+    from rsbook.distributed import run_command
+
+    args = build_parser().parse_args(argv)
+    if args.command in ("certify", "predict"):  # under torchrun: the examples shared among the processes
+        return run_command(f"rsbook {args.command}", args.device, lambda: _smooth_command(args))
+    if args.command == "train":  # under torchrun: data parallel (rsbook.distributed)
+        return run_command("rsbook train", args.device, lambda: _train_command(args))
+    return run_command(f"rsbook {args.command}", None, lambda: _fetch_command(args))

@@ -224,20 +224,21 @@ def on_rank_zero(function, *args, **kwargs):
 
 
 def run_command(prog: str, device, work) -> int:
-    """A document package's command line around `work` (a callable returning what to print): validate
-    and run it in the process group joined for `device` (join; left again at the end), print its result
-    on rank 0 and return 0; a refused input (ValueError, FileNotFoundError, raised by `work` on any rank)
-    prints one line `<prog>: error: <message>` on standard error and returns 2."""
+    """A command line around `work` (a callable returning what to print, or None): run it in the process
+    group joined for `device` (join; left again at the end; device None: no group), print its result on
+    rank 0 and return 0; a refused input (ValueError, KeyError, FileNotFoundError, ConnectionError, raised
+    by `work` on any rank) prints one line `<prog>: error: <message>` on standard error and returns 2."""
     import sys
 
     joined = False
     try:
-        joined = join(device)
+        joined = device is not None and join(device)
         result = work()
-        if rank_world()[0] == 0:
+        if result is not None and rank_world()[0] == 0:
             print(result)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     finally:
         if joined:
