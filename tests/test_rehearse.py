@@ -48,10 +48,11 @@ def test_the_full_path_launches_its_steps_and_the_chapter_reads_their_logs(runs,
     assert parameters["launch"] is True  # the full profile launches its steps
     plan = cohen_steps.steps(parameters, runs / "cohen_rerun" / "full")
     commands = [s for s in plan if s.runner == "command"]
-    assert [s.kind for s in commands] == ["train", "certify", "certify", "predict", "predict", "predict"]
+    assert [s.kind for s in commands] == ["train", "certify", "certify", "predict", "predict", "predict", "topk",
+                                          "attack"]
     for step in commands:
         assert steps.is_done(step), step.name
-        launched = "launched, 2 processes" if step.command in steps_sharded() else "launched, 1 process"
+        launched = "launched, 2 processes" if step.splits_work else "launched, 1 process"
         assert f"{step.name} ({launched})" in output
     for step in steps.outputs(plan, "certify"):
         log = read_certify_log(step.output)
@@ -65,9 +66,3 @@ def test_the_full_path_launches_its_steps_and_the_chapter_reads_their_logs(runs,
     # executed again, it resumes: every launched step is complete, nothing is launched
     again = _streams(book.execute("chapters/cohen_rerun", "full", runs, overrides=TINY, force=True))
     assert "launched" not in again
-
-
-def steps_sharded():
-    from rsbook.launch import SHARDED_COMMANDS
-
-    return SHARDED_COMMANDS
