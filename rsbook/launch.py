@@ -44,7 +44,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 
-__all__ = ["SHARDED_COMMANDS", "LaunchError", "process_count", "check_module", "splits_work", "torchrun_command",
+__all__ = ["SHARDED_COMMANDS", "ERROR_LINE", "LaunchError", "process_count", "check_module", "splits_work", "torchrun_command",
            "launch"]
 
 SHARDED_COMMANDS = ("certify", "predict", "train")
@@ -169,15 +169,16 @@ def _requested_device(args: list[str]) -> str | None:
     return None
 
 
-_STEP_ERROR = re.compile(r"rsbook(?:\.[\w.]+)? [\w-]+: error: ")
+ERROR_LINE = re.compile(r"rsbook(?:\.[\w.]+)? [\w-]+: error: ")
 """A step's own report of its error: 'rsbook certify: error: ...' (rsbook.cli), or from a command of a
-module of rsbook 'rsbook.fars train: error: ...' (rsbook.fars.pipeline)."""
+module of rsbook 'rsbook.fars train: error: ...' (rsbook.distributed.run_command); .match for a line
+that is the report, .search for one torchrun prefixed with its rank."""
 
 
 def _pump(source, sink, tail: bytearray | None = None, errors: list | None = None, limit: int = 1 << 16):
     """Copy a child's pipe to `sink` as it arrives (chunks, so progress bars pass through), keeping the
     last `limit` bytes in `tail` and the first 10 lines the step reports as errors ("rsbook <command>:
-    error: ...", _STEP_ERROR, which under torchrun come before its own long summary) in `errors`."""
+    error: ...", ERROR_LINE, which under torchrun come before its own long summary) in `errors`."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
 
@@ -192,7 +193,7 @@ def _pump(source, sink, tail: bytearray | None = None, errors: list | None = Non
         if errors is not None:
             *lines, pending = (pending + text).split("\n")
             for line in lines:
-                found = _STEP_ERROR.search(line)
+                found = ERROR_LINE.search(line)
                 if found and len(errors) < 10:
                     errors.append(line[found.start():].rstrip("\r"))
             pending = pending[-4096:]

@@ -51,7 +51,6 @@ import io
 import json
 import math
 import pkgutil
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -547,11 +546,6 @@ class _Tee(io.TextIOBase):
         return False
 
 
-_REPORTED = re.compile(r"^rsbook(?:\.[\w.]+)? [\w-]+: error: ")
-"""A command's own error line: 'rsbook certify: error: ...', or from a module of rsbook
-'rsbook.<package> <command>: error: ...'."""
-
-
 def _main(module: str):
     """The `main(argv) -> exit status` of a step's module: rsbook.cli.main for 'rsbook' (looked up at
     call time), else <module>.main."""
@@ -566,6 +560,8 @@ def _main(module: str):
 
 
 def _in_process(step: Step, progress_output: bool, stderr):
+    from rsbook import launch as launcher
+
     main = _main(step.module)
     argv = list(step.argv) + ([] if progress_output else ["--no-progress"])
     errors = _Tee(stderr if progress_output else None)
@@ -575,7 +571,7 @@ def _in_process(step: Step, progress_output: bool, stderr):
         except SystemExit as exit_:  # argparse refusing the command line
             status = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     if status != 0:
-        reported = [line for line in errors.kept.splitlines() if _REPORTED.match(line)]
+        reported = [line for line in errors.kept.splitlines() if launcher.ERROR_LINE.match(line)]
         raise StepError(f"step {step.name!r} ({step.chapter}): `{' '.join(step.command_line)}` exited with status "
                         f"{status}: {' '.join(reported[-3:]) or errors.kept[-2000:] or 'no message'}")
 
