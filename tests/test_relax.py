@@ -8,6 +8,7 @@ bounds, DPP and reuse of the compiled problems, solver failures as errors, the d
 differentiability, training's resume, the pictures' containment, and the resumable evaluation.
 """
 
+import copy
 import math
 
 import numpy as np
@@ -350,7 +351,7 @@ def assert_verified_witness(cert, witness, x, label, eps, norm):
 def test_an_argmin_misclassified_only_outside_the_ball_is_not_a_no(monkeypatch, norm):
     """Slides, "Intermediate Summary": a NO needs a point of the ball that the network misclassifies,
     and the LP argmin x̃ is only a candidate. The decision boundary x₁ = ε + 1e-8 lies just outside the
-    ball around 0, so the bound (1e-8) is not above the tolerance and x̃ gets checked; the solver's x̃
+    ball around 0, so the bound (1e-8) is not above a tolerance of 1e-6 and x̃ gets checked; the solver's x̃
     is pushed out by a factor 1 + 1e-6 (Clarabel's ℓ₂ argmins lie outside by up to about 1e-9, HiGHS's
     by its feasibility tolerance), where the network does misclassify it. Projected back into the
     ball it is classified correctly: MAYBE, never NO (the unchecked x̃ used to give NO)."""
@@ -369,10 +370,10 @@ def test_an_argmin_misclassified_only_outside_the_ball_is_not_a_no(monkeypatch, 
     assert bool(cert.misclassified(torch.as_tensor(argmins[1])[None], 0)[0])
     assert cert.witness(argmins[1], x, 0, eps, norm) is None
     for method in ("lp", "milp") if norm == "linf" else ("lp",):
-        answer, margin, _ = cert.decide(x, 0, eps, norm, method)
+        answer, margin, _ = cert.decide(x, 0, eps, norm, method, tolerance=1e-6)
         assert answer == "MAYBE" and margin <= 1e-6
         assert cert.certify(x, 0, eps, norm, method, attack_steps=10, generator=torch.Generator().manual_seed(0),
-                            return_witness=True) == ("MAYBE", None)
+                            tolerance=1e-6, return_witness=True) == ("MAYBE", None)
 
 
 def test_a_float32_point_rounded_out_of_the_ball_is_not_a_no():
@@ -436,6 +437,116 @@ def test_every_no_has_a_witness_inside_the_ball_that_the_network_misclassifies(n
                 if found is not None:
                     assert_verified_witness(cert, found, x, label, eps, norm)
     assert all(sources.values())  # each source of a NO is exercised
+
+
+# ------------------------------------------------------------------ soundness of the values (issue 19, sec. 3)
+
+@pytest.mark.parametrize("norm, big_m", [("linf", False), ("linf", True), ("l2", False)])
+def test_lp_value_comes_from_the_dual_never_from_the_primal_objective(norm, big_m):
+    """Issue 19, sec. 3: the LP's value is the Lagrangian dual function at the solver's multipliers,
+    re-evaluated in float64, so it never exceeds the solver's primal objective (Clarabel's had exceeded
+    its dual objective by up to 3.4e-7) and stays within the solvers' accuracy of it. By weak duality
+    it is a lower bound for *any* multipliers: perturbed ones still give a value below the exact minimum
+    (the MILP, checked against itself on the ℓ∞ ball and against the attained margin of the argmin)."""
+    gaps = []
+    for seed in range(4):
+        net = random_net(seed, (3, 10, 10, 4), scale=2.0)
+        x = point(seed, 3)
+        label = prediction(net, x)
+        cert = Certifier(net, (3,))
+        bounds = cert.bounds(x, 0.3, norm, "ibp")
+        exact = cert.margin_lower_bounds(x, label, 0.3, "linf", "milp", bounds) if norm == "linf" else None
+        problem = RelaxedProblem(cert.network, norm, big_m=big_m)
+        for target in (t for t in range(4) if t != label):
+            direction = np.eye(4)[label] - np.eye(4)[target]
+            value, argmin = problem.solve(x.numpy(), 0.3, bounds, direction)
+            primal = problem.problem.value
+            gaps.append(primal - value)
+            assert value <= primal and primal - value <= 1e-6
+            attained = float(cert.network.forward(torch.as_tensor(argmin)[None])[0] @ torch.as_tensor(direction))
+            assert value <= attained + 1e-6
+            if exact is not None:
+                assert value <= exact[target]
+            generator = np.random.default_rng(seed)
+            for affine, above, tops in problem._dualized:
+                for constraint in (affine, above, *tops):
+                    constraint.save_dual_value(constraint.dual_value * generator.uniform(0.5, 1.5, constraint.shape))
+            perturbed = problem.dual_value()
+            assert perturbed <= value + 1e-12 and (exact is None or perturbed <= exact[target])
+            assert perturbed <= attained
+    assert max(gaps) > 0  # the primal objective did lie above the rigorous value somewhere
+
+
+def test_milp_stays_exact_after_many_solves_on_one_certifier():
+    """Issue 19, sec. 3: cvxpy's default warm start handed HiGHS the previous solution; on this network
+    the 25th solve of a bisection on one Certifier returned −2.6e-7 where the exact margin is +5.9e-9.
+    Every MILP is now solved cold: a bisection over the radius on one Certifier gives the values of a
+    fresh one at every step."""
+    net = random_net(0, (2, 10, 10, 3), scale=2.0)
+    x = point(0)
+    label = prediction(net, x)
+    reused = Certifier(net, (2,))
+    low, high = 0.0, 1.0
+    for _ in range(25):
+        eps = (low + high) / 2
+        value = reused.margin_lower_bounds(x, label, eps, "linf", "milp", "ibp")
+        fresh = Certifier(net, (2,)).margin_lower_bounds(x, label, eps, "linf", "milp", "ibp")
+        np.testing.assert_allclose(value, fresh, rtol=0, atol=1e-9)
+        low, high = (eps, high) if np.min(value) > 0 else (low, eps)
+
+
+def float32_tie_net():
+    """A float32 network whose float32 rounding breaks a certificate of its exact version: logits
+    (0, 1024 − x₁ − x₂), class 1 (the label) where x₁ + x₂ < 1024. Over the ℓ∞ ball of radius 0.25 around
+    (1023.25, c₂), c₂ = float32(0.25 − 2e-5), the exact margin is 0.25 − c₂ ≈ 2e-5 > 1e-6 (the old fixed
+    tolerance), but the float32 point (1023.5, c₂ + 0.25 rounded down) in the ball has x₁ + x₂ within half a
+    float32 spacing of 1024: the network computes the logits (0, 0) and argmax picks class 0."""
+    linear = nn.Linear(2, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.0, 0.0], [-1.0, -1.0]]))
+        linear.bias.copy_(torch.tensor([0.0, 1024.0]))
+    c2 = np.float32(0.25 - 2e-5)
+    witness = torch.tensor([[1023.5, np.nextafter(np.float32(c2 + np.float32(0.25)), np.float32(0))]])
+    return nn.Sequential(linear).eval(), torch.tensor([1023.25, float(c2)]), 0.25, witness
+
+
+def test_a_yes_holds_for_the_float32_network_not_only_its_exact_version():
+    """Issue 19, sec. 3: a YES must leave no float32 counterexample in the ball. The exact margin of
+    float32_tie_net is +2e-5 and every method's bound finds it, so a fixed tolerance of 1e-6 answers YES;
+    the network as run misclassifies a float32 point of the ball. The default thresholds (the network's
+    rounding bound, rsbook.relax.rounding) answer MAYBE or NO, never YES."""
+    net, x, eps, witness = float32_tie_net()
+    cert = Certifier(net, (2,))
+    assert ball_distance(witness[0], x, "linf") <= eps and bool(cert.misclassified(witness, 1)[0])
+    margins = cert.margin_lower_bounds(x, 1, eps, "linf", "lp")
+    thresholds = cert.thresholds(x, 1, eps, "linf", "lp")
+    assert 1e-6 < margins[0] < thresholds[0]
+    for method in ("ibp", "dual", "lp", "milp"):
+        assert cert.certify(x, 1, eps, "linf", method, attack_steps=0, tolerance=1e-6) == "YES"  # the old rule
+        assert cert.certify(x, 1, eps, "linf", method, attack_steps=0) != "YES"
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_rounding_bound_covers_the_float32_network_over_the_ball(norm):
+    """rsbook.relax.rounding: |F_float32(x̃) − F(x̃)| ≤ e on every sampled float32 point of the ball, for
+    MLPs and a conv net with large weights (F in float64 on the same weights: exact for these sizes up to
+    float64's own error, far below e)."""
+    from rsbook.relax.rounding import rounding_bound
+
+    torch.manual_seed(0)
+    nets = [(random_net(seed, (6, 40, 40, 5), scale=3.0).float(), (6,)) for seed in range(3)]
+    nets.append((nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                               nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3)).float(), (1, 8, 8)))
+    for net, shape in nets:
+        exact = copy.deepcopy(net).double()
+        x = torch.randn(shape) * 3
+        for eps in (0.01, 0.5):
+            bound = rounding_bound(net, x, eps, norm)
+            samples = ball_samples(x.double().reshape(-1), eps, norm, 500).float().reshape(-1, *shape)
+            with torch.no_grad():
+                gap = (net(samples).double() - exact(samples.double())).abs().amax(0).numpy()
+            assert np.all(gap <= bound) and np.all(bound > 0)
+            assert np.all(bound < 1e-2 * (1 + exact(samples.double()).abs().amax(0).detach().numpy()))
 
 
 # ------------------------------------------------------------------ compiled once (DPP), re-solved

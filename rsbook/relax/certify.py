@@ -25,6 +25,18 @@ otherwise the candidate is dropped (MAYBE, or the next candidate). The ball is t
 model: no input-domain box (e.g. [0, 1] pixels) constrains the LP, the MILP or the attack, so none
 constrains the witness either.
 
+A YES holds for the network as it runs, in its own dtype (usually float32), not only for its exact
+real-valued version that the bounds are about: target t counts as proved only when its bound exceeds
+`Certifier.thresholds`, the bound e_label + e_t on how far the run network's margin can be from the
+exact one anywhere in the ball (rsbook.relax.rounding), plus the same bound for float64 arithmetic
+(the certificate's own), plus MILP_TOLERANCE for the MILP (whose value is exact only up to HiGHS's
+feasibility tolerances). IBP, the dual bound and the LP are rigorous: the LP's value is re-evaluated
+from its dual multipliers (rsbook.relax.lp), never taken from the solver's primal objective.
+
+Intermediate bounds given by the caller as (l, u) pairs are trusted: the margin bounds, and every
+answer, hold only if they bound the pre-activations over the whole ball. They are checked only at x
+itself (a necessary condition); bounds computed here ('ibp', 'dual', 'ibp+dual', 'lp') are sound.
+
 Ordering (tested): ibp ≤ lp ≤ milp = m*_t when the LP uses intermediate bounds inside the interval
 ones; dual ≤ lp with the same intermediate bounds.
 
@@ -48,9 +60,10 @@ from rsbook.relax.dual import BOUND_KINDS, dual_margins, intermediate_bounds
 from rsbook.relax.interval import NORMS, interval_margins
 from rsbook.relax.lp import RelaxedProblem, SolverError
 from rsbook.relax.network import AffineNetwork, affine_network, network_fingerprint
+from rsbook.relax.rounding import rounding_bound
 
-__all__ = ["METHODS", "INTERMEDIATE", "DEFAULT_BOUNDS", "ANSWERS", "Certifier", "certifier", "margin_lower_bounds",
-           "certify", "ball_distance", "SolverError"]
+__all__ = ["METHODS", "INTERMEDIATE", "DEFAULT_BOUNDS", "ANSWERS", "MILP_TOLERANCE", "Certifier", "certifier",
+           "margin_lower_bounds", "certify", "ball_distance", "SolverError"]
 
 METHODS = ("ibp", "dual", "lp", "milp")
 INTERMEDIATE = (*BOUND_KINDS, "lp")
@@ -59,9 +72,10 @@ INTERMEDIATE = (*BOUND_KINDS, "lp")
 every unstable neuron, min and max)."""
 DEFAULT_BOUNDS = {"ibp": "ibp", "dual": "dual", "lp": "ibp", "milp": "ibp"}
 ANSWERS = ("YES", "MAYBE", "NO")
-TOLERANCE = 1e-6
-"""A margin bound must exceed this to count as positive: the solvers' optima carry feasibility
-tolerances of about 1e-7, and the network runs in float32."""
+MILP_TOLERANCE = 1e-6
+"""How far above the rounding threshold (Certifier.thresholds) a MILP bound must lie to count as
+positive: HiGHS's MILP value is exact only up to its feasibility tolerances (1e-7 per constraint) and is
+not re-evaluated (the LP's value is, rsbook.relax.lp)."""
 SHRINK = 1e-7
 """First relative step by which `Certifier.witness` shrinks a projected candidate towards x when it
 rounds outside the ball (doubled at each further try)."""
@@ -213,7 +227,8 @@ class Certifier:
         """Lower bounds m_t (numpy (num_classes,), +inf at `label`) on min over the ε-ball of
         F(x̃)_label − F(x̃)_t. See the module docstring for the methods; `bounds` is the kind of
         intermediate bounds (INTERMEDIATE; default DEFAULT_BOUNDS[method]) or a precomputed list of
-        (l, u) pairs. targets: only these classes (the others are NaN). With return_argmin (lp and
+        (l, u) pairs, which is trusted: the result is a lower bound only if they hold over the whole
+        ball (they are checked at x only). targets: only these classes (the others are NaN). With return_argmin (lp and
         milp) also {t: x̃_t}, the minimisers' inputs with x's shape. Raises SolverError when a solver
         returns no optimal solution."""
         norm, eps = _check_norm(norm), _check_eps(eps)
@@ -321,19 +336,35 @@ class Certifier:
         classifies other than label. steps = 0: only x is checked."""
         return self.attack_witness(x, label, eps, norm, steps, restarts, generator) is not None
 
+    def thresholds(self, x, label, eps, norm: str = "linf", method: str = "lp") -> np.ndarray:
+        """Per target t (numpy (num_classes,), NaN at label): how far above 0 a margin bound must lie for
+        the network as run to keep `label` over t everywhere in the ball — e_label + e_t for the network
+        in its own dtype and again for float64 (rsbook.relax.rounding.rounding_bound; the second covers the
+        certificate's own float64 arithmetic), plus MILP_TOLERANCE for method 'milp'."""
+        norm, eps = _check_norm(norm), _check_eps(eps)
+        label = self._label(label)
+        point = self._x(x).reshape(self.input_shape)
+        error = rounding_bound(self.net, point, eps, norm) + rounding_bound(self.net, point, eps, norm,
+                                                                           dtype=torch.float64)
+        result = error + error[label] + (MILP_TOLERANCE if method == "milp" else 0.0)
+        result[label] = np.nan
+        return result
+
     def decide(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None,
-               time_limit: float | None = None, tolerance: float = TOLERANCE):
+               time_limit: float | None = None, tolerance: float | None = None):
         """The relaxation's part of an answer, without an attack: (answer, margin, point) with answer
-        'YES' (every target's bound > tolerance; point None), 'NO' (x, or the argmin x̃ of a target
-        whose bound is not > tolerance, gives a verified witness; point is that witness, see
+        'YES' (every target's bound > its threshold; point None), 'NO' (x, or the argmin x̃ of a target
+        whose bound is not above its threshold, gives a verified witness; point is that witness, see
         `witness`) or 'MAYBE' (point: that x̃ as the solver returned it, unchecked, or None); margin is
-        the smallest margin bound found (−inf when x itself is the witness).
+        the smallest margin bound found (−inf when x itself is the witness). The thresholds are
+        `thresholds` (the network's rounding as run, so that a YES holds for the network in its own
+        dtype); a number `tolerance` replaces them for every target.
 
         Cheaper bounds screen the targets: with the intermediate bounds B the method uses, the interval
         and dual bounds with the same B are ≤ the LP's (rsbook.relax.dual, weak duality) and the LP's
         is ≤ the MILP's, so a target they already prove positive needs no LP (and no MILP); the
-        remaining targets are solved lowest cheap bound first, and the first that is not > tolerance
-        decides (MAYBE or NO) without solving the others."""
+        remaining targets are solved lowest cheap bound first, and the first that is not above its
+        threshold decides (MAYBE or NO) without solving the others."""
         norm, eps = _check_norm(norm), _check_eps(eps)
         method = _check_method(method, norm)
         label = self._label(label)
@@ -341,21 +372,24 @@ class Certifier:
         if found is not None:
             return "NO", -np.inf, found
         resolved = self._resolve_bounds(x, eps, norm, method, bounds, time_limit)
+        needed = self.thresholds(x, label, eps, norm, method) if tolerance is None else \
+            np.full(self.num_classes, float(tolerance))
         if method in ("ibp", "dual"):
-            margin = float(np.min(self.margin_lower_bounds(x, label, eps, norm, method, resolved)))
-            return ("YES" if margin > tolerance else "MAYBE"), margin, None
+            margins = self.margin_lower_bounds(x, label, eps, norm, method, resolved)
+            proved = all(margins[t] > needed[t] for t in range(self.num_classes) if t != label)
+            return ("YES" if proved else "MAYBE"), float(np.min(margins)), None
         cheap = np.maximum(self.margin_lower_bounds(x, label, eps, norm, "ibp", resolved),
                            self.margin_lower_bounds(x, label, eps, norm, "dual", resolved))
         screens = ["lp", "milp"] if method == "milp" else ["lp"]
         best = cheap.copy()
         for level in screens:
-            open_targets = sorted((t for t in range(self.num_classes) if not best[t] > tolerance),
+            open_targets = sorted((t for t in range(self.num_classes) if t != label and not best[t] > needed[t]),
                                   key=lambda t: best[t])
             for t in open_targets:
                 value, argmins = self.margin_lower_bounds(x, label, eps, norm, level, resolved, targets=[t],
                                                           time_limit=time_limit, return_argmin=True)
                 best[t] = max(best[t], value[t])
-                if not best[t] > tolerance:
+                if not best[t] > needed[t]:
                     found = self.witness(argmins[t], x, label, eps, norm)
                     if found is not None:
                         return "NO", float(best[t]), found  # x̃, projected into the ball, is a real counterexample
@@ -365,14 +399,16 @@ class Certifier:
 
     def certify(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None, attack_steps: int = 40,
                 attack_restarts: int = 1, generator=None, time_limit: float | None = None,
-                tolerance: float = TOLERANCE, return_witness: bool = False):
+                tolerance: float | None = None, return_witness: bool = False):
         """'YES' | 'MAYBE' | 'NO' for the ε-ball around x (module docstring): `decide`, then, when it
         is MAYBE, PGD with attack_steps (0: no attack) and attack_restarts from `generator`.
 
-        Guarantee: a NO always has a verified witness (`witness`; slides, "Intermediate Summary"): a
-        point w with ‖w − x‖ ≤ ε, checked in float64 and in the network's dtype, that the network run in
-        its own dtype classifies other than label. With return_witness, returns (answer, w), w (a
-        float64 numpy array of x's shape) for a NO and None otherwise.
+        Guarantee: a YES means that the network run in its own dtype classifies every point of the ball
+        it can receive as label (margins above `thresholds`; with caller-supplied intermediate bounds, if
+        those hold over the ball). A NO always has a verified witness (`witness`; slides, "Intermediate
+        Summary"): a point w with ‖w − x‖ ≤ ε, checked in float64 and in the network's dtype, that the
+        network run in its own dtype classifies other than label. With return_witness, returns
+        (answer, w), w (a float64 numpy array of x's shape) for a NO and None otherwise.
         Raises SolverError (never an answer) when a solver fails or reaches time_limit."""
         answer, _, point = self.decide(x, label, eps, norm, method, bounds, time_limit, tolerance)
         found = point if answer == "NO" else None
