@@ -6,6 +6,7 @@ Modules:
   dual       Wong & Kolter's closed-form dual bound; layer-wise intermediate bounds
   lp         the "Overall LP" (triangle relaxation) and the exact MILP as parametrized cvxpy problems
   certify    margin lower bounds and YES / MAYBE / NO answers (Certifier; cached per network)
+  rounding   how far the network as run in its dtype can be from its exact version over a ball (YES thresholds)
   training   the chapter's networks; normal, noise and dual-robust training with an ε ramp
   evaluate   answers over a test subsample (resumable), summaries, timings, randomized smoothing
   geometry   the 2-D pictures: the ball's image under a network and its relaxations
