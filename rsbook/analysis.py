@@ -54,26 +54,33 @@ def _check_log(log: pd.DataFrame, columns=("correct", "radius")):
         raise ValueError("log has no rows")
 
 
-def certified_hits(correct, radius, radii) -> np.ndarray:
-    """The library's one rule for "certified at r": a correct prediction with a certificate, i.e. a
-    radius > 0 (a radius of 0 certifies nothing; rsbook.bounds.certified_gap), and radius >= r.
+def certified_hits(correct, radius, radii, certified=None) -> np.ndarray:
+    """The library's one rule for "certified at r": a correct prediction with a certificate, and radius >= r.
+    A certificate is a radius > 0 (a radius of 0 certifies nothing; rsbook.bounds.certified_gap), or, where
+    `certified` is given, that flag: a sequential log's row certifies its radius — possibly 0, g(x) itself —
+    exactly when it does not abstain (rsbook.dataset_runs.certify_grid_dataset).
 
-    correct: (n,) bools or 0/1; radius: (n,) radii >= 0; radii: (k,) radii r. Returns (k, n) bools.
-    Used by certified accuracy (Cohen et al. 2019, Sec. 4), its anisotropic and top-k versions.
+    correct: (n,) bools or 0/1; radius: (n,) radii >= 0; radii: (k,) radii r; certified: (n,) bools or None.
+    Returns (k, n) bools. Used by certified accuracy (Cohen et al. 2019, Sec. 4), its anisotropic and top-k
+    versions.
     """
     correct = np.asarray(correct) == 1
     radius = np.asarray(radius, dtype=float)
     radii = np.atleast_1d(np.asarray(radii, dtype=float))
-    return (correct & (radius > 0))[None, :] & (radius[None, :] >= radii[:, None])
+    certificate = radius > 0 if certified is None else np.asarray(certified, dtype=bool)
+    return (correct & certificate)[None, :] & (radius[None, :] >= radii[:, None])
 
 
 def certified_accuracy(log: pd.DataFrame, radii) -> pd.Series:
     """Approximate certified accuracy (Cohen et al. 2019, Sec. 4): for each r in radii, the fraction
     of rows with correct == 1 and a certified radius >= r (`certified_hits`: radius > 0 as well, so
-    r = 0 counts certificates, not bare predictions). Index: the radii; name: 'certified_accuracy'."""
+    r = 0 counts certificates, not bare predictions; in a sequential log — one with a `samples` column,
+    rsbook.logs — a row that does not abstain is certified at its radius, 0 included, so its values at the
+    radii of its grid are the sequential decisions). Index: the radii; name: 'certified_accuracy'."""
     _check_log(log)
     radii = np.atleast_1d(np.asarray(radii, dtype=float))
-    hits = certified_hits(log["correct"].to_numpy(), log["radius"].to_numpy(dtype=float), radii)
+    certified = (log["predict"].to_numpy() != -1) if "samples" in log and "predict" in log else None
+    hits = certified_hits(log["correct"].to_numpy(), log["radius"].to_numpy(dtype=float), radii, certified)
     return pd.Series(hits.mean(axis=1), index=pd.Index(radii, name="radius"), name="certified_accuracy")
 
 

@@ -3,6 +3,8 @@
     rsbook certify --dataset rancer_toy --checkpoint CKPT [--arch rancer_mlp] --sigma 0.25 --n0 100 --n 100000
                    --alpha 0.001 --batch 1000 [--skip 1] [--max -1] [--seed 0] --out runs/x/certify.tsv
     rsbook certify ... --radius 0.5 [--n-max 100000] [--method betting] --out LOG   (sequential: rsbook.sequential)
+    rsbook certify ... --radii 0 0.25 0.5 [--stop-if-wrong] --out LOG   (a table's radii from one stream:
+                                                                          rsbook.sequential_grid)
     rsbook predict --dataset digits --checkpoint CKPT --sigma 0.25 --n 1000 --alpha 0.001 --batch 500 --out LOG
     rsbook train --dataset digits --arch digits_cnn --noise-sd 0.25 [--epochs 10] --seed 0 --out runs/digits/0.25
     rsbook fetch [NAME ...] [--all] [--list]
@@ -41,13 +43,19 @@ def _add_smoothing_arguments(parser: argparse.ArgumentParser, certify: bool):
         parser.add_argument("--radius", type=float, help="only ask 'is each example robust at this radius?': a "
                             "sequential test (rsbook.sequential) that stops as soon as it is decided; the log gains "
                             "a samples column")
-        parser.add_argument("--n-max", type=int, help="with --radius: most samples per example after n0 "
+        parser.add_argument("--radii", type=float, nargs="+", help="decide every radius of a table at once: one "
+                            "stream and one sequential test valid for all of them (rsbook.sequential_grid); the log "
+                            "gains a samples column and each row's radius is its largest certified radius")
+        parser.add_argument("--n-max", type=int, help="with --radius or --radii: most samples per example after n0 "
                             "(default: --n)")
         parser.add_argument("--method", default="betting", choices=("betting", "union", "fixed"),
-                            help="with --radius: the sequential test (default betting)")
+                            help="with --radius or --radii: the sequential test (default betting)")
         parser.add_argument("--futility", type=float, default=0.001,
-                            help="with --radius: futility level beta, the chance of giving up on a certifiable "
-                                 "example early (costs power, never validity; default 0.001)")
+                            help="with --radius or --radii: futility level beta, the chance of giving up on a "
+                                 "certifiable example early (costs power, never validity; default 0.001)")
+        parser.add_argument("--stop-if-wrong", action="store_true",
+                            help="with --radius or --radii: stop an example whose selected class is not its label "
+                                 "after n0 (it cannot count towards certified accuracy; its row abstains)")
     parser.add_argument("--n", "-n", "--num-samples", dest="n", type=int, default=100000,
                         help="samples to estimate p_A (default 100,000); under torchrun write -n or --num-samples")
     parser.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
@@ -110,7 +118,7 @@ def _training_epilog() -> str:
 def _smooth_command(args) -> Path:
     from rsbook import published
     from rsbook.data import load_dataset, num_classes
-    from rsbook.dataset_runs import certify_dataset, certify_radius_dataset, predict_dataset
+    from rsbook.dataset_runs import certify_dataset, certify_grid_dataset, certify_radius_dataset, predict_dataset
     from rsbook.models import load_checkpoint
     from rsbook.smooth import Smooth
 
@@ -126,13 +134,18 @@ def _smooth_command(args) -> Path:
                   "checkpoint_sha256": published.file_sha256(args.checkpoint), "arch": checkpoint["arch"]}
     common = dict(alpha=args.alpha, batch_size=args.batch, skip=args.skip, max_index=args.max, seed=args.seed,
                   parameters=parameters, progress=not args.no_progress)
-    if args.command == "certify" and args.radius is not None:
-        return certify_radius_dataset(smooth, dataset, args.out, radius=args.radius, n0=args.n0,
-                                      n_max=args.n if args.n_max is None else args.n_max, method=args.method,
-                                      futility=args.futility, **common)
+    if args.command == "certify" and (args.radius is not None or args.radii):
+        if args.radius is not None and args.radii:
+            raise ValueError("give --radius or --radii, not both")
+        grid = dict(n0=args.n0, n_max=args.n if args.n_max is None else args.n_max, method=args.method,
+                    stop_if_wrong=args.stop_if_wrong, futility=args.futility, **common)
+        if args.radius is not None:
+            return certify_radius_dataset(smooth, dataset, args.out, radius=args.radius, **grid)
+        return certify_grid_dataset(smooth, dataset, args.out, radii=args.radii, **grid)
     if args.command == "certify":
-        if args.n_max is not None:
-            raise ValueError("--n-max needs --radius (a fixed-n CERTIFY draws exactly --n samples)")
+        if args.n_max is not None or args.stop_if_wrong:
+            raise ValueError(f"{'--n-max' if args.n_max is not None else '--stop-if-wrong'} needs --radius or --radii "
+                             "(a fixed-n CERTIFY draws exactly --n samples for every example)")
         return certify_dataset(smooth, dataset, args.out, n0=args.n0, n=args.n, **common)
     return predict_dataset(smooth, dataset, args.out, n=args.n, **common)
 

@@ -26,9 +26,11 @@ from rsbook import streams
 from rsbook._checks import check_alpha, check_positive_int, check_seed
 from rsbook.logs import LogWriter, begin_log, finish_log, read_log, write_log
 from rsbook.progress import track
+from rsbook.sequential_grid import check_radii, grid_plan
 from rsbook.smooth import Smooth
 
-__all__ = ["selected_indices", "certify_dataset", "certify_radius_dataset", "predict_dataset", "merge_parts"]
+__all__ = ["selected_indices", "certify_dataset", "certify_radius_dataset", "certify_grid_dataset", "grid_stream_key",
+           "predict_dataset", "merge_parts"]
 
 
 def selected_indices(length: int, skip: int = 1, max_index: int = -1) -> list[int]:
@@ -102,7 +104,7 @@ def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, s
                          disable=not progress, position=rank):
             x, label = dataset[idx]
             start = clock()
-            prediction, radius, *samples = step(x, idx)
+            prediction, radius, *samples = step(x, idx, int(label))
             elapsed = clock() - start
             writer.write(idx, label, prediction, int(prediction == label), elapsed, radius=radius,
                          samples=samples[0] if samples else None)
@@ -129,42 +131,71 @@ def certify_dataset(smooth: Smooth, dataset, out, *, n0: int, n: int, alpha: flo
     recorded = {**(parameters or {}), "n0": check_positive_int(n0, "n0"), "n": check_positive_int(n, "n"),
                 "alpha": check_alpha(alpha), "batch": check_positive_int(batch_size, "batch_size")}
     return _run("certify", smooth, dataset, out, recorded, seed, skip, max_index, indices, progress, clock,
-                lambda x, idx: smooth.certify(x, n0, n, alpha, batch_size,
+                lambda x, idx, label: smooth.certify(x, n0, n, alpha, batch_size,
                                               *streams.certify_generators(seed, idx, device=smooth.device)))
 
 
 def certify_radius_dataset(smooth: Smooth, dataset, out, *, radius: float, n0: int, n_max: int, alpha: float,
-                           batch_size: int, method: str = "betting", skip: int = 1, max_index: int = -1, seed: int = 0,
-                           indices=None, parameters: dict | None = None, progress: bool = True,
-                           clock=time.perf_counter, **options) -> Path:
-    """Is each selected example robust at `radius`? Smooth.certify_radius (a sequential test with the
-    guarantee of CERTIFY: a certified example is g's prediction in the whole ball with probability
-    >= 1 - alpha; rsbook.sequential) on every selected example, appending
-    `idx label predict radius correct time samples` rows to `out`: predict is c_A and radius the
-    requested one where certified, ABSTAIN (-1) and 0 where not; samples counts the draws, n0 included.
+                           batch_size: int, method: str = "betting", stop_if_wrong: bool = False, skip: int = 1,
+                           max_index: int = -1, seed: int = 0, indices=None, parameters: dict | None = None,
+                           progress: bool = True, clock=time.perf_counter, **options) -> Path:
+    """Is each selected example robust at `radius`? certify_grid_dataset with the one radius (a sequential test
+    with the guarantee of CERTIFY; rsbook.sequential): `idx label predict radius correct time samples` rows,
+    predict c_A and radius the requested one where certified, ABSTAIN (-1) and 0 where not."""
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius >= 0 or radius == float("inf"):
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    return certify_grid_dataset(smooth, dataset, out, radii=[float(radius)], n0=n0, n_max=n_max, alpha=alpha,
+                                batch_size=batch_size, method=method, stop_if_wrong=stop_if_wrong, skip=skip,
+                                max_index=max_index, seed=seed,
+                                indices=indices, parameters=parameters, progress=progress, clock=clock, **options)
 
-    The top class comes from CERTIFY's selection stream ('select', idx), so it is the c_A of
-    certify_dataset with the same seed; the estimation draws from ('estimate', idx, 'radius=<r>'), a
-    stream of their own. Resumable and torchrun-sharded as certify_dataset; `options` go to
-    rsbook.sequential.plan (futility, prior, first, growth) and are recorded in the manifest."""
+
+def grid_stream_key(radii) -> str:
+    """The key of an example's estimation stream ('estimate', idx, key) for a grid of radii: 'radius=<r>' for
+    one radius (the single-radius logs of earlier versions), 'radii=<r1>,<r2>,...' for several."""
+    radii = check_radii(radii)
+    return f"radius={radii[0]!r}" if len(radii) == 1 else "radii=" + ",".join(repr(r) for r in radii)
+
+
+def certify_grid_dataset(smooth: Smooth, dataset, out, *, radii, n0: int, n_max: int, alpha: float,
+                         batch_size: int, method: str = "betting", stop_if_wrong: bool = False, skip: int = 1,
+                         max_index: int = -1, seed: int = 0, indices=None, parameters: dict | None = None,
+                         progress: bool = True, clock=time.perf_counter, **options) -> Path:
+    """At which radii of the grid is each selected example certified? Smooth.certify_grid (one stream and one
+    sequential test for every radius, valid for all of them at once with probability >= 1 - alpha;
+    rsbook.sequential_grid) on every selected example, appending `idx label predict radius correct time samples`
+    rows to `out`: predict is c_A and radius the largest certified radius of the grid where the smallest one is
+    certified, ABSTAIN (-1) and 0 where not; samples counts the draws, n0 included. Certified accuracy at a
+    radius r of the grid is then the share of rows with correct == 1 and radius >= r
+    (rsbook.analysis.certified_accuracy reads a sequential log so).
+
+    stop_if_wrong: stop an example whose selected class differs from its label after the n0 selection draws
+    (its row abstains): it cannot count towards certified accuracy at any radius, so the table is the same and
+    its draws are saved (rows then no longer tell abstentions from wrong predictions).
+
+    The top class comes from CERTIFY's selection stream ('select', idx), so it is the c_A of certify_dataset
+    with the same seed; the estimation draws from ('estimate', idx, grid_stream_key(radii)), a stream of their
+    own. Resumable and torchrun-sharded as certify_dataset; `options` go to rsbook.sequential.plan (futility,
+    prior, first, growth) and are recorded in the manifest."""
     from rsbook.sequential import METHODS
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius >= 0 or radius == float("inf"):
-        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
-    radius = float(radius)
-    recorded = {**(parameters or {}), "radius": radius, "n0": check_positive_int(n0, "n0"),
-                "n_max": check_positive_int(n_max, "n_max"), "alpha": check_alpha(alpha),
-                "batch": check_positive_int(batch_size, "batch_size"), "method": method, **options}
+    radii = check_radii(radii)
+    if not isinstance(stop_if_wrong, bool):
+        raise ValueError(f"stop_if_wrong must be True or False, got {stop_if_wrong!r}")
+    recorded = {**(parameters or {}), ("radius" if len(radii) == 1 else "radii"): radii[0] if len(radii) == 1
+                else list(radii), "n0": check_positive_int(n0, "n0"), "n_max": check_positive_int(n_max, "n_max"),
+                "alpha": check_alpha(alpha), "batch": check_positive_int(batch_size, "batch_size"), "method": method,
+                **({"stop_if_wrong": True} if stop_if_wrong else {}), **options}
+    grid_plan(radii, smooth.sigma, alpha, n_max, method, batch_size, **options)  # refuses bad options up front
+    key = grid_stream_key(radii)
 
-    def step(x, idx):
+    def step(x, idx, label):
         select = streams.generator(seed, "select", idx, device=smooth.device)
-        estimate = streams.generator(seed, "estimate", idx, f"radius={radius!r}", device=smooth.device)
-        prediction, certified, samples = smooth.certify_radius(x, radius, n0, n_max, alpha, batch_size, select,
-                                                               method=method, estimate_generator=estimate,
-                                                               **options)
-        return prediction, radius if certified else 0.0, samples
+        estimate = streams.generator(seed, "estimate", idx, key, device=smooth.device)
+        return smooth.certify_grid(x, radii, n0, n_max, alpha, batch_size, select, method=method,
+                                   estimate_generator=estimate, label=label if stop_if_wrong else None, **options)
 
     return _run("sequential", smooth, dataset, out, recorded, seed, skip, max_index, indices, progress, clock, step)
 
@@ -177,6 +208,6 @@ def predict_dataset(smooth: Smooth, dataset, out, *, n: int, alpha: float, batch
     recorded = {**(parameters or {}), "n": check_positive_int(n, "n"), "alpha": check_alpha(alpha),
                 "batch": check_positive_int(batch_size, "batch_size")}
     return _run("predict", smooth, dataset, out, recorded, seed, skip, max_index, indices, progress, clock,
-                lambda x, idx: (smooth.predict(x, n, alpha, batch_size,
+                lambda x, idx, label: (smooth.predict(x, n, alpha, batch_size,
                                                generator=streams.generator(seed, "predict", idx,
                                                                            device=smooth.device)), None))

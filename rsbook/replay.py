@@ -31,10 +31,13 @@ from rsbook.sequential import (
     plan,
     randomized_clopper_pearson_lower,
 )
+from rsbook.sequential_grid import check_radii, grid_plan, simulate_grid
 from rsbook.stats import clopper_pearson_lower
 
 __all__ = [
     "fixed_certified",
+    "grid_cost",
+    "replay_grid",
     "frontier",
     "log_proportions",
     "randomized_radii",
@@ -146,6 +149,65 @@ def replay_log(log: pd.DataFrame, sigma: float, radii, variants: dict, *, n: int
                 "rows": len(proportions), "reps": reps,
             })
     return pd.DataFrame.from_records(records)
+
+
+def replay_grid(log: pd.DataFrame, sigma: float, radii, variants: dict, *, n: int, alpha_log: float, alpha: float,
+                n0: int, batch_size: int, reps: int, seed: int, key: str) -> pd.DataFrame:
+    """Replay every row of one certify log with each variant of the grid test (rsbook.sequential_grid: one
+    stream for every radius of `radii`, stopped when all are decided).
+
+    variants: name -> keyword arguments of rsbook.sequential_grid.grid_plan (method, futility, prior, first,
+    growth) plus optionally stop_if_wrong (rows CERTIFY answered with a wrong class stop after n0; abstained rows
+    are replayed, their class being unknown). Fixed-n reference and abstained rows as in replay_log.
+
+    Returns one row per (variant, radius): mean_samples (per example, n0 included: the whole grid's cost, the
+    same on every row of a variant), reduction ((n0 + n) / mean_samples), accuracy_fixed, accuracy, delta and
+    delta_se (over reps), rows, reps, method and futility."""
+    sigma = check_sigma(sigma)
+    alpha = check_alpha(alpha)
+    n0 = check_positive_int(n0, "n0")
+    radii = check_radii(radii)
+    proportions = log_proportions(log, sigma, n, alpha_log)
+    correct = log["correct"].to_numpy() == 1
+    wrong = (log["predict"].to_numpy() != -1) & ~correct
+    records = []
+    for name, kwargs in variants.items():
+        kwargs = dict(kwargs)
+        stop_if_wrong = bool(kwargs.pop("stop_if_wrong", False))
+        test = grid_plan(radii, sigma, alpha, n, batch_size=batch_size, **kwargs)
+        rng = streams.numpy_generator(seed, "simulate", key, "grid", name)
+        certified, samples = simulate_grid(test, proportions, rng, reps)
+        drawn = np.where(stop_if_wrong & wrong[None, :], 0, samples)
+        mean = n0 + float(drawn.mean())
+        for i, radius in enumerate(radii):
+            fixed = fixed_certified(proportions, correct, sigma, radius, n, alpha)
+            accuracy = ((certified > i) & correct[None, :]).mean(axis=1)
+            records.append({
+                "variant": name, "radius": float(radius), "method": test.method, "futility": test.futility,
+                "stop_if_wrong": stop_if_wrong, "mean_samples": mean, "reduction": (n0 + n) / mean,
+                "accuracy_fixed": float(fixed.mean()), "accuracy": float(accuracy.mean()),
+                "delta": float(accuracy.mean() - fixed.mean()),
+                "delta_se": float(accuracy.std(ddof=1) / np.sqrt(reps)) if reps > 1 else np.nan,
+                "rows": len(proportions), "reps": reps,
+            })
+    return pd.DataFrame.from_records(records)
+
+
+def grid_cost(dataset: str, sigma: float, radii, *, n: int, alpha: float, n0: int, batch_size: int,
+              alpha_log: float = 0.001, reps: int = 4, seed: int = 0, **options) -> float | None:
+    """Mean draws per example (n0 included) of the grid test at `radii` on `dataset` at noise `sigma`, replayed
+    (replay_grid) on the authors' released certify log of that dataset whose model was trained and certified at
+    `sigma` (rsbook.published.released_logs, test split); None when they released none. options: grid_plan's
+    keyword arguments and stop_if_wrong. Used by rsbook.plan to estimate sequential steps."""
+    if published.artifacts(kind="certify_log", dataset=dataset).empty:
+        return None
+    entries = published.released_logs("certify_log", None, dataset=dataset)
+    match = [e for e in entries.itertuples() if float(e.noise) == float(sigma) == float(e.sigma) and e.split == "test"]
+    if not match:
+        return None
+    frame = replay_grid(match[0].log, float(sigma), radii, {"grid": options}, n=n, alpha_log=alpha_log, alpha=alpha,
+                        n0=n0, batch_size=batch_size, reps=reps, seed=seed, key=match[0].name)
+    return float(frame["mean_samples"].iloc[0])
 
 
 def samples_curve(p_grid, radius: float, sigma: float, variants: dict, *, n: int, alpha: float, n0: int,

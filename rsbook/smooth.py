@@ -21,6 +21,7 @@ from rsbook._checks import (
 )
 from rsbook.bounds import certified_gap
 from rsbook.sequential import certify_radius as sequential_certify
+from rsbook.sequential_grid import certify_grid as sequential_grid
 from rsbook.stats import binomial_pvalue, clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "Smooth", "autocast_agreement", "largest_batch_size"]
@@ -141,6 +142,39 @@ class Smooth:
             result = sequential_certify(draw, radius, self.sigma, alpha, n_max, batch_size, method, **options)
         prediction = int(c_hat) if result.certified else ABSTAIN
         return prediction, result.certified, n0 + result.samples
+
+    def certify_grid(self, x, radii, n0: int, n_max: int, alpha: float, batch_size: int, generator=None,
+                     method: str = "betting", estimate_generator=None, label: int | None = None, **options):
+        """At which radii of the grid is g robust around x? A table row of CERTIFY decided from one stream
+        (rsbook.sequential_grid.certify_grid): returns (prediction, radius, samples).
+
+        n0 selection samples (from `generator`) guess c_A as CERTIFY does; then fresh samples (from
+        `estimate_generator`, else continuing `generator`) are drawn in looks of at most batch_size until every
+        radius is certified or stopped, or n_max are drawn. prediction is c_A when at least the smallest radius
+        is certified, else ABSTAIN; radius is the largest certified radius of the grid (0.0 when none, or when
+        only radius 0 is certified); samples counts every draw, n0 included.
+
+        label: the true class, when known: if c_A differs from it, no certificate can count towards certified
+        accuracy, so the call stops after the n0 selection samples and returns (ABSTAIN, 0.0, n0).
+
+        Guarantee (Theorem 1 with p_B = 1 - p_A, simultaneously over the grid): with probability at least
+        1 - alpha, a returned prediction is g(x') for every ||x' - x||_2 < r at every certified radius r.
+        `options` go to rsbook.sequential.plan (futility, prior, first, growth).
+        """
+        x, finite = self._validate(x, generator, alpha, batch_size, n0=n0, n_max=n_max)
+        check_generator(estimate_generator, self.device)
+        estimate_generator = generator if estimate_generator is None else estimate_generator
+        with torch.inference_mode():
+            c_hat = self._count(x, n0, batch_size, generator).argmax()
+            c_hat = self._to_host([c_hat], finite)[0]
+            if label is not None and int(c_hat) != int(label):
+                return ABSTAIN, 0.0, n0
+
+            def draw(k):
+                return int(self._count(x, k, batch_size, estimate_generator)[c_hat])
+
+            result = sequential_grid(draw, radii, self.sigma, alpha, n_max, batch_size, method, **options)
+        return (int(c_hat) if result.any else ABSTAIN), result.radius, n0 + result.samples
 
     def sample_counts(self, x, num: int, batch_size: int, generator=None) -> torch.Tensor:
         """Class counts of f over `num` noisy copies of x: an int64 tensor of shape (num_classes,),
