@@ -318,7 +318,7 @@ def round_half_up(values, decimals) -> np.ndarray:
 
 
 def compare(ours: pd.DataFrame, paper: pd.DataFrame, decimals=None, n_examples=None, z: float = 2.0,
-            rel_tolerance: float | Mapping = 0.0, same_data: bool = True) -> pd.DataFrame:
+            rel_tolerance: float | Mapping = 0.0, same_data: bool = True, interval: float | None = None) -> pd.DataFrame:
     """Ours | paper | delta, per cell, aligned on the paper's rows and columns.
 
     decimals: digits the paper printed (an int, or a frame like `paper`); a cell is 'reproduced
@@ -327,7 +327,11 @@ def compare(ours: pd.DataFrame, paper: pd.DataFrame, decimals=None, n_examples=N
     our estimate; a cell is 'within tolerance' when |delta| <= half a printed unit + z binomial
     standard errors sqrt(p (1 - p) / n) (for accuracies; leave None for other quantities) +
     rel_tolerance * |paper| (for approximate claims such as wall-clock times; a mapping gives it per
-    column). Else
+    column). interval (a level such as 0.95, with n_examples): instead of z standard errors, the paper's
+    value must lie within the two-sided Clopper-Pearson interval of our proportion k / n (k = ours * n,
+    rounded) at that level, widened by half a printed unit: "within tolerance" then means "within the
+    sampling error of our n examples"; the tolerance column holds the distance from ours to the interval's
+    end on the paper's side. Else
     'differs'; a cell we have no value for is 'not yet reproduced'. Only cells the paper printed
     (non-missing in `paper`) are compared. same_data=False: ours come from other data than the
     paper's, and every cell we have a value for gets the status DIFFERENT_DATA instead of a verdict.
@@ -353,7 +357,13 @@ def compare(ours: pd.DataFrame, paper: pd.DataFrame, decimals=None, n_examples=N
     long = long[long["paper"].notna()].reset_index(drop=True)  # cells the paper did not print
     long["delta"] = long["ours"] - long["paper"]
     half_unit = 0.5 * 10.0 ** (-long["decimals"])
-    spread = 0.0 if n_examples is None else z * np.sqrt(long["ours"] * (1 - long["ours"]) / n_examples)
+    if interval is not None:
+        if n_examples is None or not 0 < float(interval) < 1:
+            raise ValueError(f"interval must be a level in (0, 1) and needs n_examples, got {interval!r}, "
+                             f"n_examples={n_examples!r}")
+        spread = _interval_spread(long["ours"].to_numpy(), long["delta"].to_numpy(), int(n_examples), float(interval))
+    else:
+        spread = 0.0 if n_examples is None else z * np.sqrt(long["ours"] * (1 - long["ours"]) / n_examples)
     relative = (long["column"].map(lambda c: rel_tolerance.get(c, 0.0)) if isinstance(rel_tolerance, Mapping)
                 else rel_tolerance)
     long["tolerance"] = half_unit + spread + relative * long["paper"].abs()
@@ -366,6 +376,16 @@ def compare(ours: pd.DataFrame, paper: pd.DataFrame, decimals=None, n_examples=N
     )
     long.index.name = None
     return long.drop(columns="decimals")
+
+
+def _interval_spread(ours: np.ndarray, delta: np.ndarray, n: int, level: float) -> np.ndarray:
+    """Per cell, the distance from ours = k / n to the end of the two-sided Clopper-Pearson interval (level) of k on
+    the paper's side (paper = ours - delta): k / n - lower when the paper lies below, upper - k / n otherwise."""
+    from rsbook.stats import clopper_pearson_interval
+
+    k = np.round(np.nan_to_num(ours, nan=0.0) * n).astype(np.int64)
+    lower, upper = clopper_pearson_interval(k, n, 1 - level)
+    return np.where(np.nan_to_num(delta) > 0, ours - lower, upper - ours)
 
 
 def table_status(comparison: pd.DataFrame) -> str:

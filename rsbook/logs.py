@@ -45,6 +45,7 @@ __all__ = [
     "write_log",
     "write_manifest",
     "read_manifest",
+    "update_manifest",
     "begin_run",
     "finish_manifest",
     "run_manifest",
@@ -436,6 +437,14 @@ def _read_json(path: Path, subject: str) -> dict:
 def read_manifest(run_dir) -> dict:
     """The manifest.json of a run folder."""
     return _read_json(Path(run_dir) / MANIFEST, f"run folder {run_dir}")
+
+
+def update_manifest(run_dir, **fields) -> dict:
+    """Set `fields` in run_dir/manifest.json (atomically) and return the manifest."""
+    path = Path(run_dir) / MANIFEST
+    payload = {**_read_json(path, f"run folder {run_dir}"), **fields}
+    _write_json_atomic(path, payload)
+    return payload
 
 
 def log_manifest(log) -> Path:

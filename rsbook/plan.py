@@ -30,6 +30,14 @@ and prints it as a table with the total in hours. How the figures are made:
   `seconds` is what remains (the whole step times 1 - progress; 0 when done), `seconds_full` the whole
   step. A step without an estimate (the LP and MILP solves of the relaxation chapter) has seconds null
   and a note, and is left out of total_seconds, which the table says.
+- A model the authors released whose file is under $RSBOOK_MODELS replaces its training step (rsbook.released):
+  the plan lists the file it will use, at no cost.
+- Sequential certification steps (`rsbook certify --radii`) are estimated from the mean draws per example that a
+  replay of the authors' released log of the same dataset and noise level measures (rsbook.replay.grid_cost),
+  or at n_max per example, an upper bound, where there is none.
+- Paths: for a chapter that declares them (rsbook.steps.register_paths; the re-run chapter), the total of every
+  way to its results on the devices at hand — from scratch, with the authors' models and fixed n, with their
+  models and sequential certification, sampled — side by side (`paths`, and a second table), whatever is on disk.
 - Not timed: data loading and augmentation, process start-up, and checkpoint and log writes.
 """
 
@@ -53,7 +61,8 @@ from rsbook import streams
 from rsbook._io import atomic_write
 from rsbook.paths import runs_dir
 
-__all__ = ["COMPUTING_CHAPTERS", "Measurement", "Meter", "plan", "write_plan", "table", "main"]
+__all__ = ["COMPUTING_CHAPTERS", "Measurement", "Meter", "plan", "path_costs", "write_plan", "table", "paths_table",
+           "main"]
 
 COMPUTING_CHAPTERS = ("cohen_rerun", "relax", "fars", "ancer")
 """The chapters that train or certify models (the others read released logs or replay them)."""
@@ -225,7 +234,7 @@ def _estimate(step: book_steps.Step, parameters: Mapping, meter: Meter) -> dict:
         items.append({"operation": work.operation, "model": work.model.key, "count": work.count,
                       "batch": work.batch, "measured_batch": found.batch, "extrapolated": found.extrapolated,
                       "inputs_per_second": found.rate, "seconds": seconds})
-    estimated = bool(step.work)
+    estimated = bool(step.work) or step.kind == "released"
     where = _describe(device) + (f" x {processes} processes" if processes > 1 else "")
     if not as_requested:
         where += f" ({step.device} requested, not available here)"
@@ -237,16 +246,56 @@ def _estimate(step: book_steps.Step, parameters: Mapping, meter: Meter) -> dict:
             "cpu_figures": device.type == "cpu", "estimate": items, "note": step.note}
 
 
-def plan(profile: str, *, chapters: Sequence[str] = COMPUTING_CHAPTERS, runs=None, book=None,
-         overrides: Mapping | None = None, budget: float = 4.0, progress_output: bool = False) -> dict:
-    """The plan of `chapters` at `profile` (see the module docstring): {"profile", "created", "runs",
-    "steps": [...], "total_seconds", "unestimated": [step names], "gpu": whether a CUDA device is
-    visible, "cpu_figures": whether any step was measured on the CPU, "measurement_seconds"}.
-    `overrides` maps a chapter to parameter overrides (as tools/book.py -p)."""
+def _without_released(steps: list) -> list:
+    """The steps with every training step of a model the authors released (rsbook.released) removed."""
+    from rsbook import released
+
+    return [s for s in steps if not (s.kind == "train" and released.find(s.info.get("dataset"), s.info.get("arch"),
+                                                                         s.info.get("sigma", -1)) is not None)]
+
+
+def path_costs(chapter: str, *, runs, book=None, meter: Meter | None = None) -> list[dict]:
+    """The device seconds of each cost path `chapter` declares (rsbook.steps.chapter_paths), on this machine's
+    devices, as if nothing were on disk: name, profile, seconds (whole steps; sequential steps at their replay
+    estimate), training and certification (seconds of train steps and of the rest), tables (training and the
+    logs behind the published tables, info['table']), steps, released (models taken from the authors),
+    cpu_figures, ratio and ratio_tables (the first path's seconds / this one's)."""
     from rsbook.preflight import chapter_parameters
+
+    meter = meter or Meter()
+    rows = []
+    for name, path in book_steps.chapter_paths(chapter).items():
+        parameters = chapter_parameters(chapter, path.profile, book=book, overrides=dict(path.overrides))
+        steps = book_steps.chapter_steps(chapter, parameters, Path(runs) / chapter / f"plan-{path.profile}")
+        kept = _without_released(steps) if path.released else steps
+        estimates = [(step, _estimate(step, parameters, meter)) for step in kept]
+        seconds = {kind: sum(e["seconds_full"] or 0.0 for s, e in estimates if (s.kind == "train") == (kind == "train"))
+                   for kind in ("train", "other")}
+        tables = sum(e["seconds_full"] or 0.0 for s, e in estimates if s.kind == "train" or s.info.get("table"))
+        rows.append({"path": name, "profile": path.profile, "seconds": seconds["train"] + seconds["other"],
+                     "training": seconds["train"], "certification": seconds["other"], "tables": tables,
+                     "steps": len(kept),
+                     "released": len(steps) - len(kept),
+                     "cpu_figures": any(e["cpu_figures"] for _, e in estimates if e["seconds_full"])})
+    for row in rows:
+        row["ratio"] = rows[0]["seconds"] / row["seconds"] if row["seconds"] else float("inf")
+        row["ratio_tables"] = rows[0]["tables"] / row["tables"] if row["tables"] else float("inf")
+    return rows
+
+
+def plan(profile: str, *, chapters: Sequence[str] = COMPUTING_CHAPTERS, runs=None, book=None,
+         overrides: Mapping | None = None, budget: float = 4.0, progress_output: bool = False,
+         with_paths: bool | None = None) -> dict:
+    """The plan of `chapters` at `profile` (see the module docstring): {"profile", "created", "runs",
+    "steps": [...], "total_seconds", "unestimated": [step names], "paths": {chapter: path_costs(...)} (with_paths;
+    by default at the paper-scale profiles only),
+    "gpu": whether a CUDA device is visible, "cpu_figures": whether any step was measured on the CPU,
+    "measurement_seconds"}. `overrides` maps a chapter to parameter overrides (as tools/book.py -p)."""
+    from rsbook.preflight import PAPER_SCALE, chapter_parameters
 
     runs = Path(runs).resolve() if runs is not None else runs_dir().resolve()
     overrides = dict(overrides or {})
+    with_paths = profile in PAPER_SCALE if with_paths is None else with_paths
     meter = Meter(budget)
     rows = []
     for chapter in chapters:
@@ -256,10 +305,12 @@ def plan(profile: str, *, chapters: Sequence[str] = COMPUTING_CHAPTERS, runs=Non
             if progress_output:
                 print(f"[plan] {chapter}: {step.name}", file=sys.stderr, flush=True)
             rows.append(row)
+    paths = {chapter: path_costs(chapter, runs=runs, book=book, meter=meter) for chapter in chapters
+             if book_steps.chapter_paths(chapter)} if with_paths else {}
     estimated = [r["seconds"] for r in rows if r["seconds"] is not None]
     return {"profile": profile, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "runs": str(runs), "steps": rows, "total_seconds": float(sum(estimated)),
-            "unestimated": [f"{r['chapter']}: {r['step']}" for r in rows if r["seconds"] is None],
+            "unestimated": [f"{r['chapter']}: {r['step']}" for r in rows if r["seconds"] is None], "paths": paths,
             "gpu": torch.cuda.is_available(), "cpu_figures": any(r["cpu_figures"] for r in rows),
             "measurement_seconds": meter.seconds}
 
@@ -306,6 +357,22 @@ def table(found: dict) -> str:
     return "\n".join(out)
 
 
+def paths_table(found: dict) -> str:
+    """The side-by-side cost of each declared path per chapter (plan's "paths"), in hours, with each path's
+    ratio to the first (from scratch); '' when there is none."""
+    out = []
+    for chapter, rows in found.get("paths", {}).items():
+        out.append(f"{chapter}: device time of each path on this machine ({'CPU figures' if any(r['cpu_figures'] for r in rows) else 'measured devices'})")
+        width = max(len(r["path"]) for r in rows)
+        out.append(f"  {'path':<{width}}  {'total':>11}  {'training':>11}  {'certification':>13}  {'vs first':>8}  "
+                   f"{'tables only':>11}  {'vs first':>8}")
+        for r in rows:
+            out.append(f"  {r['path']:<{width}}  {r['seconds'] / 3600:>9,.1f} h  {r['training'] / 3600:>9,.1f} h  "
+                       f"{r['certification'] / 3600:>11,.1f} h  {r['ratio']:>7.1f}x  {r['tables'] / 3600:>9,.1f} h  "
+                       f"{r['ratio_tables']:>7.1f}x")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     """`python -m rsbook.plan`: write <runs>/plan-<profile>.json and print the table."""
     from rsbook.preflight import PROFILES
@@ -328,6 +395,8 @@ def main(argv=None) -> int:
         return 2
     path = write_plan(found, args.out if args.out is not None else runs / f"plan-{args.profile}.json")
     print(table(found))
+    if found["paths"]:
+        print(paths_table(found))
     print(f"plan written to {path} (throughput measured in {found['measurement_seconds']:.0f} s)")
     return 0
 

@@ -9,32 +9,39 @@ and writes nothing; it takes seconds (importing torch is most of it).
 
 A chapter's parameters are read the way the build injects them (tools/book.py): the literal
 assignments of the chapter's one `parameters` cell, replaced key by key by its profile in
-book/profiles/<chapter>.yml, then by any overrides, plus `profile`. From them:
+book/profiles/<chapter>.yml, then by any overrides, plus `profile`. What a chapter needs of them is
+declared by its document package beside its steps (`declare(chapter, Needs(...))` in the package's
+`steps` module, found by rsbook.steps.discover): this module names no chapter. From the parameters and
+the declaration:
 
-- datasets: every on-disk dataset (rsbook.data.FULL_SIZES) named by the chapter's DATASET_PARAMETERS
-  (e.g. `image.dataset` of the ANCER chapter). A chapter that names one trains on its train split and
+- datasets: every on-disk dataset (rsbook.data.FULL_SIZES) named at the parameter paths the chapter
+  declares (Needs.datasets, e.g. `image.dataset`; DEFAULT_DATASET_PARAMETERS for a chapter that declares
+  nothing). A chapter that names one trains on its train split and
   evaluates on its test split, so both must be present under $RSBOOK_DATA in the layout rsbook.data
   reads, with the real datasets' counts (FULL_SIZES: CIFAR-10 50,000 / 10,000, ImageNet val 50,000,
   Imagenette 9,469 / 3,925) and, for the ImageFolder datasets, their number of class folders in
   train/ and val/ alike.
 - a CUDA device: when the chapter's `device` is cuda (cuda:i needs i + 1 devices), as many visible
   devices as its `devices` asks for ('auto' or absent: at least one; an integer k: k).
-- free disk under the runs folder ($RSBOOK_RUNS) for each chapter: checkpoint_bytes(parameters) per
-  trained model, OUTPUT_ALLOWANCE for its logs, executed notebook and figures, and the ANCER chapter's
-  per-input optimisation records; see `disk_estimate`.
-- the authors' artifacts the chapter reads (CHAPTER_ARTIFACTS, and those of the rancer_toy dataset): in
+- free disk under the runs folder ($RSBOOK_RUNS) for each chapter at profile full: checkpoint_bytes per
+  model it trains and whatever else it declares (Needs.disk), plus OUTPUT_ALLOWANCE for its logs,
+  executed notebook and figures; see `disk_estimate`.
+- the authors' artifacts the chapter reads (Needs.artifacts, and those of the rancer_toy dataset): in
   the artifact cache (<runs>/artifacts/<repo>/<commit>/<path>) or in $RSBOOK_MIRROR with the pinned
   SHA-256.
+- the authors' released models the chapter can use (Needs.models, rsbook.released): each is listed as the
+  authors' file under $RSBOOK_MODELS or as trained here; a file that is present is checked (loaded with
+  weights_only=True, its state_dict's keys and shapes against the architecture and number of classes).
 
 Requirements are plain values (DatasetRequirement, CudaRequirement, DiskRequirement,
-ArtifactRequirement), so a caller may build its own, e.g. with small counts for a miniature dataset.
+ArtifactRequirement, ModelRequirement), so a caller may build its own, e.g. with small counts for a
+miniature dataset.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import math
 import re
 import shutil
 import sys
@@ -50,42 +57,78 @@ from rsbook import data
 from rsbook.paths import mirror_dir, runs_dir
 
 __all__ = [
-    "PROFILES", "BOOK", "CHAPTER_ARTIFACTS", "DATASET_PARAMETERS", "DEFAULT_DATASET_PARAMETERS",
-    "DOCUMENT_MODEL_PARAMETERS", "OUTPUT_ALLOWANCE",
-    "DatasetRequirement", "CudaRequirement", "DiskRequirement", "ArtifactRequirement", "Missing",
+    "PROFILES", "PROFILE_BASE", "PAPER_SCALE", "BOOK", "DEFAULT_DATASET_PARAMETERS", "OUTPUT_ALLOWANCE",
+    "profile_parameters",
+    "Needs", "declare", "needs", "Part", "model_parts", "core_parameters",
+    "DatasetRequirement", "CudaRequirement", "DiskRequirement", "ArtifactRequirement", "ModelRequirement", "Missing",
     "chapter_parameters", "toc_documents", "book_chapters", "requirements", "requirements_for", "disk_estimate",
     "checkpoint_bytes", "check", "report", "main",
 ]
 
-PROFILES = ("smoke", "default", "full")
+PROFILES = ("smoke", "default", "full", "paper-sample")
+"""smoke (tests, CI), default (the embedded CPU run), full (paper scale) and paper-sample (the paper's settings on
+every k-th test example, each published cell compared within its binomial sampling interval)."""
+
+PROFILE_BASE = {"paper-sample": "full"}
+"""A profile built on another: a chapter's parameters at paper-sample are its full ones, replaced key by key by
+its paper-sample entry (none: the full profile as it is)."""
+
+PAPER_SCALE = ("full", "paper-sample")
+"""The profiles that run at the paper's scale (datasets on disk, GPUs, released models; a disk estimate)."""
 BOOK = Path(__file__).resolve().parents[1] / "book"
 """The book of this checkout (chapters and book/profiles/), the default of every `book` argument."""
 
-CHAPTER_ARTIFACTS = {
-    "cohen_logs": {"repo": "locuslab/smoothing"},  # every released certify and predict log
-    "sequential": {"repo": "locuslab/smoothing", "kind": "certify_log"},  # the released certify logs, replayed
-    "ancer": {"repo": "tarasrumezhak/RANCER"},  # the 2-D pipeline's config, test points and weights
-}
-"""rsbook.published.artifacts() filters of the artifacts each chapter reads, at every profile."""
-
-DATASET_PARAMETERS = {
-    "cohen_rerun": ("experiments.*", "predict.dataset", "attack.dataset", "topk.dataset"),
-    "relax": ("dataset",),
-    "fars": ("dataset",),
-    "ancer": ("image.dataset",),
-}
-"""The parameters, per chapter, that name a dataset the chapter loads (dotted paths into its parameters;
-'experiments.*': the keys of `experiments`). Other values named `dataset`, such as the sequential
-chapter's `headline`, which picks a released log, are not data to read. A chapter missing here is read
-at DEFAULT_DATASET_PARAMETERS."""
-
 DEFAULT_DATASET_PARAMETERS = ("dataset", "experiments.*")
+"""The parameter paths naming datasets of a chapter that declares none (dotted paths into its parameters;
+'experiments.*': the keys of `experiments`)."""
 
-DOCUMENT_MODEL_PARAMETERS = {"relax": 4_000_000, "fars": 64_000_000}
-"""Upper bounds on the parameters (and buffers) of one model of the chapters whose architectures live in
-a document package, which the core may not import: relax's mlp / conv_small (215k at profile full)
-and FaRS's SLL backbone with its deepest head (45M at profile full). tests/test_preflight.py builds
-those models at every profile and checks they stay under these bounds."""
+
+class Part(NamedTuple):
+    """One item of a disk estimate: `count` things of `each` bytes, described by `what`; `checkpoint` when it
+    is a model checkpoint (the largest is counted once more, rewritten beside the old one)."""
+
+    what: str
+    count: int
+    each: int
+    checkpoint: bool
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one chapter needs of its parameters, declared by its document package (`declare`):
+
+    datasets: dotted parameter paths naming datasets it loads ('experiments.*': the keys of `experiments`;
+        values elsewhere named `dataset` that pick, e.g., a released log are not data to read);
+    artifacts: function(parameters) -> rsbook.published.artifacts() filters of the artifacts it reads;
+    disk: function(parameters) -> [Part] of what it writes besides logs (checkpoints, records);
+    models: function(parameters) -> [(dataset, arch, noise)] of the models it would use the authors' release
+        of (rsbook.released) when present under $RSBOOK_MODELS."""
+
+    datasets: tuple = DEFAULT_DATASET_PARAMETERS
+    artifacts: object = None
+    disk: object = None
+    models: object = None
+
+
+_NEEDS: dict[str, Needs] = {}
+
+
+def declare(chapter: str, declared: Needs) -> Needs:
+    """Declare what `chapter` needs (called by a document package's steps module at import)."""
+    if not isinstance(chapter, str) or not chapter or not isinstance(declared, Needs):
+        raise ValueError(f"declare takes a chapter name and a Needs value, got {chapter!r}, {declared!r}")
+    _NEEDS[chapter] = declared
+    return declared
+
+
+def needs(chapter: str) -> Needs:
+    """What `chapter` declared (every document package's steps module imported first), or the defaults."""
+    if chapter not in _NEEDS:
+        from rsbook.steps import discover
+
+        discover()
+    return _NEEDS.get(chapter, Needs())
+
 
 OUTPUT_ALLOWANCE = 256 * 2**20
 """Bytes allowed per chapter for its logs, result tables, manifests, executed notebook and figures
@@ -94,10 +137,8 @@ OUTPUT_ALLOWANCE = 256 * 2**20
 VALUES_PER_PARAMETER = 3
 """Values a checkpoint holds per parameter: the weight and the optimizer state. SGD with momentum (rsbook.train)
 keeps one more, so the third covers the file's overhead (tests/test_preflight.py saves one to check);
-Adam (relax, FaRS) keeps two more, and DOCUMENT_MODEL_PARAMETERS leaves the margin there."""
+Adam (relax, FaRS) keeps two more, and their packages' MODEL_PARAMETERS bounds leave the margin there."""
 
-RECORD_VALUE_BYTES = 8
-"""Bytes counted per stored optimisation value (float64; float32 tensors take half)."""
 
 
 # ------------------------------------------------------------------------------------------ requirements
@@ -203,9 +244,33 @@ class ArtifactRequirement:
 
 
 @dataclass(frozen=True)
+class ModelRequirement:
+    """A model a chapter uses: `released` (rsbook.released.ReleasedModel), taken from `root` (default
+    $RSBOOK_MODELS) when its file is there, else trained here. Met unless the file is there and broken."""
+
+    released: object
+    root: Path | None = None
+    chapters: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        from rsbook.released import ReleasedModel
+
+        if not isinstance(self.released, ReleasedModel):
+            raise ValueError(f"released must be an rsbook.released.ReleasedModel, got {self.released!r}")
+        object.__setattr__(self, "root", None if self.root is None else Path(self.root))
+        object.__setattr__(self, "chapters", tuple(self.chapters))
+
+    def describe(self) -> str:
+        from rsbook.released import describe
+
+        model = self.released
+        return f"{model.arch} on {model.dataset}, σ = {model.noise:g}: {describe(model.dataset, model.arch, model.noise, self.root)}"
+
+
+@dataclass(frozen=True)
 class Missing:
-    """One unmet item: its kind ('dataset', 'cuda', 'disk', 'artifact'), what it is, what is wrong, what
-    is expected (the layout or setting), and the chapters that need it."""
+    """One unmet item: its kind ('dataset', 'cuda', 'disk', 'artifact', 'model'), what it is, what is wrong,
+    what is expected (the layout or setting), and the chapters that need it."""
 
     kind: str
     item: str
@@ -263,23 +328,32 @@ def _cell_defaults(path: Path) -> dict:
     return defaults
 
 
+def profile_parameters(name: str, profile: str, *, book: Path | str | None = None) -> dict:
+    """The values book/profiles/<name>.yml sets at `profile` ({} when it has no file or no entry), on top of its
+    base profile's (PROFILE_BASE) for a profile built on another. Raises ValueError for an unknown profile or a
+    profile file that is not a mapping."""
+    _check_profile(profile)
+    book = Path(book) if book is not None else BOOK
+    path = book / "profiles" / f"{name}.yml"
+    profiles = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    if not isinstance(profiles, dict):
+        raise ValueError(f"{path} must map profile names to parameter sets")
+    base = profile_parameters(name, PROFILE_BASE[profile], book=book) if profile in PROFILE_BASE else {}
+    return {**base, **(profiles.get(profile) or {})}
+
+
 def chapter_parameters(name: str, profile: str, *, book: Path | str | None = None,
                        overrides: Mapping | None = None) -> dict:
     """The parameters chapter `name` executes with at `profile`: the defaults of its `parameters` cell,
-    each replaced by the value of book/profiles/<name>.yml at that profile, then by `overrides`, plus
-    `profile` (what tools/book.py injects with papermill). Raises ValueError for an unknown profile or a
-    parameters cell that is not literal assignments, FileNotFoundError for an unknown chapter."""
+    each replaced by the value of book/profiles/<name>.yml at that profile (profile_parameters), then by
+    `overrides`, plus `profile` (what tools/book.py injects with papermill). Raises ValueError for an unknown
+    profile or a parameters cell that is not literal assignments, FileNotFoundError for an unknown chapter."""
     _check_profile(profile)
     book = Path(book) if book is not None else BOOK
     if not book.is_dir():
         raise FileNotFoundError(f"book folder {book} does not exist (expected the chapters and profiles/ there)")
     parameters = _cell_defaults(_chapter_source(name, book))
-    profiles_path = book / "profiles" / f"{name}.yml"
-    if profiles_path.is_file():
-        profiles = yaml.safe_load(profiles_path.read_text(encoding="utf-8")) or {}
-        if not isinstance(profiles, dict):
-            raise ValueError(f"{profiles_path} must map profile names to parameter sets")
-        parameters.update(profiles.get(profile) or {})
+    parameters.update(profile_parameters(name, profile, book=book))
     parameters.update(overrides or {})
     parameters["profile"] = profile
     return parameters
@@ -323,7 +397,7 @@ def checkpoint_bytes(parameters: int) -> int:
 
 
 @lru_cache(maxsize=None)
-def _core_parameters(arch: str, classes: int) -> int:
+def core_parameters(arch: str, classes: int) -> int:
     """Parameters and buffers of rsbook.models.build(arch, classes), counted on the meta device (nothing
     is allocated; the dataset's normalisation adds six values, left out)."""
     import torch
@@ -335,70 +409,22 @@ def _core_parameters(arch: str, classes: int) -> int:
     return sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
 
 
-class _Part(NamedTuple):
-    what: str
-    count: int
-    each: int  # bytes of one
-    checkpoint: bool
-
-
-def _models(count: int, what: str, parameters: int) -> list[_Part]:
-    """The checkpoints of `count` trained models of `parameters` parameters."""
+def model_parts(count: int, what: str, parameters: int) -> list[Part]:
+    """The checkpoints of `count` trained models of `parameters` parameters ([] for none)."""
     if count <= 0:
         return []
-    return [_Part(f"{count} x {what} checkpoint ({parameters:,} parameters)", count, checkpoint_bytes(parameters),
-                  True)]
-
-
-def _cohen_rerun_disk(p: Mapping) -> list[_Part]:
-    parts = []
-    for dataset, setting in (p.get("experiments") or {}).items():
-        sigmas = setting.get("sigmas", p.get("sigmas", ()))
-        parts += _models(len(sigmas), f"{setting['arch']} on {dataset}",
-                         _core_parameters(setting["arch"], data.num_classes(dataset)))
-    return parts
-
-
-def _relax_disk(p: Mapping) -> list[_Part]:
-    count = len(p.get("models") or {}) + len((p.get("smoothing") or {}).get("sigmas", ()))
-    return _models(count, f"{p.get('arch', 'relax')} (bound)", DOCUMENT_MODEL_PARAMETERS["relax"])
-
-
-def _fars_disk(p: Mapping) -> list[_Part]:
-    probe = (p.get("probe") or {}).get("epochs", 0) or 0
-    count = (p.get("backbone_checkpoint") is None) + (probe > 0) + ("deep_head" in p)
-    return _models(count, "FaRS backbone + head (bound)", DOCUMENT_MODEL_PARAMETERS["fars"])
-
-
-def _ancer_disk(p: Mapping) -> list[_Part]:
-    image, settings = p.get("image") or {}, p.get("image_settings") or {}
-    if "dataset" not in image or "arch" not in image:
-        return []
-    dataset = image["dataset"]
-    parts = _models(1, f"{image['arch']} on {dataset}", _core_parameters(image["arch"], data.num_classes(dataset)))
-    d = math.prod(data.input_shape(dataset))
-    rank = (settings.get("rancer") or {}).get("rank") or d
-    iterations = sum((settings.get(m) or {}).get("iterations", 0) for m in ("iso", "ancer", "rancer"))
-    # Fixed and Isotropic: a sigma each; ANCER: d sigmas; RANCER: d sigmas, d x rank reflectors, rank tau,
-    # signs and eigenvalues; 7 traced quantities per iteration of the three optimised methods.
-    per_input = 2 + d + d + d * rank + 3 * rank + 7 * iterations
-    examples = int(image.get("num_examples", 0) or 0)
-    if examples:
-        parts.append(_Part(f"ANCER records of {examples:,} inputs ({per_input:,} values each)", 1,
-                           examples * per_input * RECORD_VALUE_BYTES, False))
-    return parts
-
-
-_DISK = {"cohen_rerun": _cohen_rerun_disk, "relax": _relax_disk, "fars": _fars_disk, "ancer": _ancer_disk}
+    return [Part(f"{count} x {what} checkpoint ({parameters:,} parameters)", count, checkpoint_bytes(parameters),
+                 True)]
 
 
 def disk_estimate(chapter: str, parameters: Mapping) -> list[tuple[str, int]]:
     """(what, bytes) of everything chapter `chapter` writes under the runs folder with `parameters`,
-    for a fresh run (a resumed one needs less): checkpoint_bytes of each model it trains (parameters
-    counted on rsbook.models' architectures, or DOCUMENT_MODEL_PARAMETERS for relax and FaRS), the
-    ANCER chapter's per-input records, and OUTPUT_ALLOWANCE for logs, notebook and figures. The largest
-    checkpoint is counted once more: it is written beside the old one before replacing it."""
-    items = _DISK.get(chapter, lambda p: [])(parameters)
+    for a fresh run (a resumed one needs less): what the chapter declares (Needs.disk: checkpoint_bytes of
+    each model it trains, counted on its architectures, and e.g. the ANCER chapter's per-input records), and
+    OUTPUT_ALLOWANCE for logs, notebook and figures. The largest checkpoint is counted once more: it is
+    written beside the old one before replacing it."""
+    declared = needs(chapter).disk
+    items = list(declared(parameters)) if declared is not None else []
     parts = [(item.what, item.count * item.each) for item in items]
     checkpoints = [item.each for item in items if item.checkpoint]
     if checkpoints:
@@ -411,9 +437,10 @@ def disk_estimate(chapter: str, parameters: Mapping) -> list[tuple[str, int]]:
 
 
 def _datasets(chapter: str, parameters: Mapping) -> list[str]:
-    """The dataset names chapter's DATASET_PARAMETERS hold in `parameters` (missing keys are skipped)."""
+    """The dataset names at the parameter paths chapter declares (Needs.datasets) in `parameters` (missing keys
+    are skipped)."""
     found = []
-    for path in DATASET_PARAMETERS.get(chapter, DEFAULT_DATASET_PARAMETERS):
+    for path in needs(chapter).datasets:
         *keys, last = path.split(".")
         value = parameters
         for key in keys:
@@ -449,7 +476,9 @@ def requirements_for(parameters: Mapping[str, Mapping], *, runs: Path | str | No
     (each names the chapters that need it): DatasetRequirement with the real counts (rsbook.data.
     FULL_SIZES), one CudaRequirement (the most devices any chapter asks for), one DiskRequirement per
     chapter under `runs` (default $RSBOOK_RUNS) at profile full (the smoke and default profiles write
-    tens of megabytes), and one ArtifactRequirement per artifact read."""
+    tens of megabytes), one ArtifactRequirement per artifact read, and one ModelRequirement per released
+    model a chapter can use (rsbook.released; $RSBOOK_MODELS)."""
+    from rsbook import released as releases
     from rsbook import published
 
     runs = Path(runs) if runs is not None else runs_dir()
@@ -457,12 +486,18 @@ def requirements_for(parameters: Mapping[str, Mapping], *, runs: Path | str | No
     artifacts: dict[str, list[str]] = {}
     cuda, cuda_chapters = 0, []
     disks = []
+    models: dict = {}
     for chapter, p in parameters.items():
+        declared = needs(chapter)
         found = _datasets(chapter, p)
         for name in found:
             if name in data.FULL_SIZES:
                 datasets.setdefault(name, []).append(chapter)
-        filters = [CHAPTER_ARTIFACTS[chapter]] if chapter in CHAPTER_ARTIFACTS else []
+        for key in (declared.models(p) if declared.models is not None else []):
+            model = releases.find(*key)
+            if model is not None:
+                models.setdefault(model, []).append(chapter)
+        filters = list(declared.artifacts(p)) if declared.artifacts is not None else []
         filters += [{"dataset": "rancer_toy", "kind": kind} for kind in ("points", "labels") if "rancer_toy" in found]
         for selection in filters:
             for name in published.artifacts(**selection)["name"]:
@@ -471,7 +506,7 @@ def requirements_for(parameters: Mapping[str, Mapping], *, runs: Path | str | No
         if devices:
             cuda = max(cuda, devices)
             cuda_chapters.append(chapter)
-        if p.get("profile", "full") == "full":  # smoke and default write tens of MB: no estimate needed
+        if p.get("profile", "full") in PAPER_SCALE:  # smoke and default write tens of MB: no estimate needed
             parts = disk_estimate(chapter, p)
             disks.append(DiskRequirement(runs, sum(b for _, b in parts), tuple(parts), (chapter,)))
     out: list = []
@@ -483,12 +518,13 @@ def requirements_for(parameters: Mapping[str, Mapping], *, runs: Path | str | No
     out += disks
     out += [ArtifactRequirement(name, runs / "artifacts", tuple(dict.fromkeys(chapters)))
             for name, chapters in artifacts.items()]
+    out += [ModelRequirement(model, None, tuple(dict.fromkeys(chapters))) for model, chapters in models.items()]
     return out
 
 
 def requirements(chapters, profile: str, *, book: Path | str | None = None, runs: Path | str | None = None,
                  overrides: Mapping[str, Mapping] | None = None) -> list:
-    """The requirements of `chapters` (names, e.g. ['cohen_rerun', 'fars']) at `profile`, from their
+    """The requirements of `chapters` (names, e.g. book_chapters()) at `profile`, from their
     parameters (chapter_parameters; `overrides` maps a chapter to its -p overrides); see
     requirements_for. `runs` is where the build writes (default $RSBOOK_RUNS)."""
     _check_profile(profile)
@@ -627,16 +663,31 @@ def _check_artifact(req: ArtifactRequirement) -> list[Missing]:
     return [Missing("artifact", req.name, "; ".join(found), expected, req.chapters)]
 
 
+def _check_model(req: ModelRequirement) -> list[Missing]:
+    from rsbook import released as releases
+
+    model = req.released
+    expected = (f"the authors' checkpoint of {model.arch} on {model.dataset} at σ = {model.noise:g} "
+                f"({model.source}) at ${releases.ENV}/{model.relative}, a dict with its state_dict; or no file there "
+                "(the model is then trained)")
+    try:
+        file = releases.path(model.dataset, model.arch, model.noise, req.root)
+    except FileNotFoundError as err:
+        return [Missing("model", model.name, str(err), expected, req.chapters)]
+    problems = [] if file is None else releases.problems(model, file)
+    return [Missing("model", model.name, "; ".join(problems), expected, req.chapters)] if problems else []
+
+
 def check(requirements) -> list[Missing]:
     """Every unmet item of `requirements`, in their order, each naming what is missing and what is
     expected; [] when all are met. Datasets are surveyed without decoding images (rsbook.data.survey);
     nothing is downloaded, executed or written. Raises ValueError for an object that is not a requirement."""
     requirements = list(requirements)
-    kinds = (DatasetRequirement, CudaRequirement, DiskRequirement, ArtifactRequirement)
+    kinds = (DatasetRequirement, CudaRequirement, DiskRequirement, ArtifactRequirement, ModelRequirement)
     for req in requirements:
         if not isinstance(req, kinds):
-            raise ValueError(f"check takes DatasetRequirement, CudaRequirement, DiskRequirement or ArtifactRequirement "
-                             f"values, got {req!r}")
+            raise ValueError(f"check takes DatasetRequirement, CudaRequirement, DiskRequirement, ArtifactRequirement "
+                             f"or ModelRequirement values, got {req!r}")
     out: list[Missing] = []
     disks = [r for r in requirements if isinstance(r, DiskRequirement)]
     for req in requirements:
@@ -646,6 +697,8 @@ def check(requirements) -> list[Missing]:
             found = _check_cuda(req)
         elif isinstance(req, ArtifactRequirement):
             found = _check_artifact(req)
+        elif isinstance(req, ModelRequirement):
+            found = _check_model(req)
         elif req is disks[0]:
             out += _check_disks(disks)
             continue
@@ -656,7 +709,7 @@ def check(requirements) -> list[Missing]:
 
 
 _KINDS = {DatasetRequirement: "dataset", CudaRequirement: "cuda", DiskRequirement: "disk",
-          ArtifactRequirement: "artifact"}
+          ArtifactRequirement: "artifact", ModelRequirement: "model"}
 
 
 def report(requirements, missing) -> str:

@@ -194,15 +194,18 @@ def replay_grid(log: pd.DataFrame, sigma: float, radii, variants: dict, *, n: in
 
 
 def grid_cost(dataset: str, sigma: float, radii, *, n: int, alpha: float, n0: int, batch_size: int,
-              alpha_log: float = 0.001, reps: int = 4, seed: int = 0, **options) -> float | None:
-    """Mean draws per example (n0 included) of the grid test at `radii` on `dataset` at noise `sigma`, replayed
-    (replay_grid) on the authors' released certify log of that dataset whose model was trained and certified at
-    `sigma` (rsbook.published.released_logs, test split); None when they released none. options: grid_plan's
-    keyword arguments and stop_if_wrong. Used by rsbook.plan to estimate sequential steps."""
+              noise: float | None = None, alpha_log: float = 0.001, reps: int = 4, seed: int = 0,
+              **options) -> float | None:
+    """Mean draws per example (n0 included) of the grid test at `radii` on `dataset` certified at `sigma`, replayed
+    (replay_grid) on the authors' released certify log of that dataset whose model was trained at `noise` (default
+    sigma) and certified at `sigma` (rsbook.published.released_logs, test split); None when they released none.
+    options: grid_plan's keyword arguments and stop_if_wrong. Used by rsbook.plan to estimate sequential steps."""
+    noise = float(sigma if noise is None else noise)
     if published.artifacts(kind="certify_log", dataset=dataset).empty:
         return None
     entries = published.released_logs("certify_log", None, dataset=dataset)
-    match = [e for e in entries.itertuples() if float(e.noise) == float(sigma) == float(e.sigma) and e.split == "test"]
+    match = [e for e in entries.itertuples() if (float(e.noise), float(e.sigma)) == (noise, float(sigma))
+             and e.split == "test"]
     if not match:
         return None
     frame = replay_grid(match[0].log, float(sigma), radii, {"grid": options}, n=n, alpha_log=alpha_log, alpha=alpha,

@@ -17,10 +17,11 @@ import pandas as pd
 from rsbook import published
 from rsbook._io import atomic_write
 from rsbook.analysis import DIFFERENT_DATA, STATUSES, compare, table_status
-from rsbook.logs import finish_manifest, read_manifest, write_manifest
+from rsbook.logs import finish_manifest, read_manifest, update_manifest, write_manifest
 from rsbook.paths import runs_dir
 
 __all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without_tables", "comparison_table",
+           "model_origins",
            "styled", "comparisons", "house_style", "COMPARISONS", "COMPUTED", "TABLE_CLASS"]
 
 COMPARISONS = "comparisons.csv"
@@ -41,8 +42,10 @@ class ChapterRun:
     """
 
     def __init__(self, chapter: str, profile: str, parameters: dict, runs: Path | str | None = None):
-        if profile not in ("smoke", "default", "full"):
-            raise ValueError(f"profile must be 'smoke', 'default' or 'full', got {profile!r}")
+        from rsbook.preflight import PROFILES
+
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
         self.chapter, self.profile = chapter, profile
         self.dir = Path(runs) if runs is not None else runs_dir()
         self.dir = self.dir / chapter / profile
@@ -52,17 +55,18 @@ class ChapterRun:
         (self.dir / COMPARISONS).unlink(missing_ok=True)
 
     def compare(self, document: str, table: str, ours: pd.DataFrame, section: str, *, n_examples=None,
-                z: float = 2.0, rel_tolerance=0.0, fmt: str = "{:.3f}", same_data: bool = True):
+                z: float = 2.0, rel_tolerance=0.0, fmt: str = "{:.3f}", same_data: bool = True,
+                interval: float | None = None):
         """Compare `ours` (rows and columns keyed as in the published table, accuracies as
         fractions) with the paper's `table` of `document`, record every cell under the MyST label
-        `section`, and return (comparison, styled table). n_examples, z and rel_tolerance set the
-        tolerance; see rsbook.analysis.compare for the statuses. same_data=False when ours come from a
+        `section`, and return (comparison, styled table). n_examples, z, interval and rel_tolerance set
+        the tolerance; see rsbook.analysis.compare for the statuses. same_data=False when ours come from a
         stand-in for the paper's data: the cells are shown beside the paper's with the status
         'different data' (grey), never as reproduced or differing."""
         paper = published.table(document, table)
         digits = published.decimals(document, table)
         result = compare(ours, paper, decimals=digits, n_examples=n_examples, z=z, rel_tolerance=rel_tolerance,
-                         same_data=same_data)
+                         same_data=same_data, interval=interval)
         self._records.append(result.assign(document=document, table=table, section=section, chapter=self.chapter))
         self._save()
         title = published.tables().set_index(["document", "table"]).loc[(document, table), "title"]
@@ -104,6 +108,12 @@ class ChapterRun:
         frame = frame[frame["status"] == STATUSES[2]]
         return frame[["document", "table", "row", "column", "paper", "ours", "delta"]].reset_index(drop=True)
 
+    def record_models(self, models: pd.DataFrame) -> pd.DataFrame:
+        """Record in the run's manifest (key 'models') every model the chapter used — one row each, e.g.
+        dataset, sigma, origin ('trained here' or the authors' release), checkpoint, sha256 — and return them."""
+        update_manifest(self.dir, models=models.to_dict("records"))
+        return models
+
     def finish(self) -> dict:
         """Stamp the end time in the manifest and return it."""
         return finish_manifest(self.dir)
@@ -124,6 +134,18 @@ class ChapterRun:
             pinned_at = f"{row['repo']}@{row['commit'][:10]}, sha256 {row['sha256'][:16]}…"
             rows.append((f"artifact: {row['path']}", pinned_at))
         return pd.DataFrame(rows, columns=["item", "value"])
+
+
+def model_origins(models: pd.DataFrame) -> str:
+    """Where a chapter's models come from, in words (rows: dataset, sigma, origin; ChapterRun.record_models),
+    e.g. "cifar10 σ = 0.25, 0.5: released (cohen); cifar10 σ = 1: trained here"."""
+    if models.empty:
+        return "no model"
+    parts = []
+    for (dataset, origin), group in models.groupby(["dataset", "origin"], sort=False):
+        sigmas = ", ".join(f"{s:g}" for s in sorted(group["sigma"]))
+        parts.append(f"{dataset} σ = {sigmas}: {origin}")
+    return "; ".join(parts)
 
 
 def _label(key) -> str:

@@ -14,6 +14,7 @@ from rsbook._checks import check_alpha, check_counts, check_positive_int
 
 __all__ = [
     "clopper_pearson_lower",
+    "clopper_pearson_interval",
     "binomial_pvalue",
     "high_probability_accuracy",
     "false_certification_quantile",
@@ -37,6 +38,18 @@ def clopper_pearson_lower(k, n, alpha):
     lower, _ = proportion_confint(k_arr, n_arr, alpha=2 * alpha, method="beta")
     lower = np.where(k_arr == 0, 0.0, np.nan_to_num(np.asarray(lower, dtype=float), nan=0.0))
     return float(lower) if np.ndim(lower) == 0 else lower
+
+
+def clopper_pearson_interval(k, n, alpha):
+    """Two-sided (1 - alpha) Clopper-Pearson interval (lower, upper) on a binomial proportion: with probability at
+    least 1 - alpha over k ~ Bin(n, p) it contains p (Clopper & Pearson 1934; statsmodels' "beta" method).
+    Each end is the one-sided bound at alpha / 2; lower = 0 at k = 0 and upper = 1 at k = n. k, n broadcast."""
+    check_alpha(alpha)
+    k_arr, n_arr = check_counts(k, n)
+    lower, upper = proportion_confint(k_arr, n_arr, alpha=alpha, method="beta")
+    lower = np.where(k_arr == 0, 0.0, np.nan_to_num(np.asarray(lower, dtype=float), nan=0.0))
+    upper = np.where(k_arr == n_arr, 1.0, np.nan_to_num(np.asarray(upper, dtype=float), nan=1.0))
+    return (float(lower), float(upper)) if np.ndim(lower) == 0 else (lower, upper)
 
 
 def binomial_pvalue(n_a, n_b):

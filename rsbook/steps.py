@@ -63,19 +63,22 @@ from rsbook.logs import LOG_MANIFEST_SUFFIX, MANIFEST, run_folder
 
 __all__ = [
     "KINDS", "KIND_NAMES", "OPERATIONS", "TRAIN_SIZES", "Model", "Work", "RunRecord", "Step", "StepError",
-    "register", "discover", "registered", "chapter_steps", "dataset_size", "core_model",
-    "selected_examples", "train_folder", "train_step", "certify_step", "certify_radius_step", "predict_step",
+    "register", "discover", "registered", "chapter_steps", "register_paths", "chapter_paths", "CostPath",
+    "dataset_size", "core_model",
+    "selected_examples", "train_folder", "train_step", "released_step", "certify_step", "certify_radius_step",
+    "certify_grid_step", "predict_step",
     "progress", "is_done", "run", "outputs", "summary",
 ]
 
-KINDS = ("train", "certify", "predict", "certify_radius", "topk", "attack", "certify_head", "optimise_certify",
-         "relaxation", "timing")
-"""What a step does: train a model; CERTIFY, PREDICT or sequential certification of a dataset split
-(`rsbook certify`, `rsbook predict`, `rsbook certify --radius`); top-k radii; attacks; certification in
+KINDS = ("train", "released", "certify", "predict", "certify_radius", "topk", "attack", "certify_head",
+         "optimise_certify", "relaxation", "timing")
+"""What a step does: train a model, or use the authors' released one in its place (rsbook.released: nothing to
+run; done when the file is there); CERTIFY, PREDICT or sequential certification of a dataset split
+(`rsbook certify`, `rsbook predict`, `rsbook certify --radius/--radii`); top-k radii; attacks; certification in
 an embedding space (FaRS); ANCER's optimise-then-certify per input; LP / MILP relaxations (CPU);
 a timing measurement that reruns with every execution."""
 
-KIND_NAMES = {"train": "training", "certify": "CERTIFY", "predict": "PREDICT",
+KIND_NAMES = {"train": "training", "released": "the authors' model", "certify": "CERTIFY", "predict": "PREDICT",
               "certify_radius": "sequential certification", "topk": "top-k radii", "attack": "attacks",
               "certify_head": "certificates in the embedding space", "optimise_certify": "optimise-then-certify runs",
               "relaxation": "LP / MILP relaxations", "timing": "timing"}
@@ -304,6 +307,35 @@ def chapter_steps(chapter: str, parameters: Mapping, root) -> list[Step]:
     return list(functions[chapter](parameters, Path(root)))
 
 
+@dataclass(frozen=True)
+class CostPath:
+    """One way to produce a chapter's results, for rsbook.plan's side-by-side costs: the chapter's steps at
+    `profile` with `overrides`, and, with `released`, every model the authors released (rsbook.released) taken
+    as present, so that its training step is dropped."""
+
+    profile: str
+    overrides: Mapping = field(default_factory=dict)
+    released: bool = False
+
+
+_PATHS: dict[str, dict[str, CostPath]] = {}
+
+
+def register_paths(chapter: str, paths: Mapping[str, CostPath]) -> dict:
+    """Declare `chapter`'s cost paths ({name: CostPath}, in the order a plan prints them)."""
+    if not all(isinstance(p, CostPath) for p in paths.values()):
+        raise ValueError(f"paths must map names to CostPath values, got {paths!r}")
+    _PATHS[chapter] = dict(paths)
+    return _PATHS[chapter]
+
+
+def chapter_paths(chapter: str) -> dict[str, CostPath]:
+    """{name: CostPath} declared for `chapter` (discovered on first use); {} when none."""
+    if chapter not in _PATHS:
+        discover()
+    return dict(_PATHS.get(chapter, {}))
+
+
 # ------------------------------------------------------------------------------------ shared helpers
 
 
@@ -381,6 +413,23 @@ def train_step(chapter: str, root, dataset: str, arch: str, noise_sd: float, *, 
                 info={"dataset": dataset, "arch": arch, "sigma": float(noise_sd), "folder": folder})
 
 
+def released_step(chapter: str, dataset: str, arch: str, noise: float, file, name: str | None = None) -> Step:
+    """The authors' released checkpoint `file` of `arch` trained at `noise` on `dataset` (rsbook.released), used in
+    place of a `train_step`: nothing to run or estimate, done when the file is there; info holds its SHA-256 (read
+    once here) and its origin, for the chapter's manifest."""
+    from rsbook import released
+    from rsbook.published import file_sha256
+
+    model = released.find(dataset, arch, noise)
+    if model is None:
+        raise ValueError(f"no released model of {arch} on {dataset} at noise {noise:g} is registered (rsbook.released)")
+    file = Path(file)
+    return Step(chapter, name or f"use the authors' {arch} on {dataset}, σ = {float(noise):g}", "released", "cpu",
+                output=file, note=f"{model.document}'s released model, {file}",
+                info={"dataset": dataset, "arch": arch, "sigma": float(noise), "origin": f"released ({model.document})",
+                      "sha256": file_sha256(file)})
+
+
 def selected_examples(dataset: str, split: str, skip: int, max_index: int = -1) -> int:
     """How many examples rsbook.dataset_runs selects (every skip-th, below max_index) from a split of
     dataset_size(dataset, split) examples."""
@@ -398,11 +447,13 @@ def _smoothing_argv(command: str, dataset: str, checkpoint, sigma: float, alpha:
 
 def certify_step(chapter: str, root, dataset: str, checkpoint, arch: str, sigma: float, *, n0: int, n: int,
                  alpha: float, batch: int, skip: int = 1, seed: int = 0, device: str = "cpu", split: str = "test",
-                 trained_epochs: int | None = None, noise: float | None = None, name: str | None = None) -> Step:
+                 trained_epochs: int | None = None, noise: float | None = None, name: str | None = None,
+                 table: bool = False) -> Step:
     """`rsbook certify` (CERTIFY, Cohen et al. 2019) of every skip-th example of `dataset` `split` with
     the model at `checkpoint` smoothed at `sigma`, into root/certify/<dataset>_noise<noise>_sigma<sigma>-
     <digest>/certify.tsv. The digest covers the command, the checkpoint and its `trained_epochs`, so a
-    model trained further is certified into a new log. Work: (n0 + n) forward passes per example."""
+    model trained further is certified into a new log. Work: (n0 + n) forward passes per example.
+    table: the log behind a published table (info['table'], for rsbook.plan's per-path costs)."""
     noise = float(sigma if noise is None else noise)
     identity = {"command": "rsbook certify", "dataset": dataset, "split": split, "checkpoint": str(checkpoint),
                 "trained_epochs": trained_epochs, "n0": n0, "n": n, "alpha": alpha, "batch": batch, "skip": skip,
@@ -414,7 +465,7 @@ def certify_step(chapter: str, root, dataset: str, checkpoint, arch: str, sigma:
     return Step(chapter, name or f"certify {dataset}, noise {noise:g}, σ = {float(sigma):g}", "certify", device,
                 argv=tuple(argv), output=out, examples=examples,
                 work=(Work("forward", core_model(arch, dataset), examples * (n0 + n), batch),),
-                info={"dataset": dataset, "noise": noise, "sigma": float(sigma)})
+                info={"dataset": dataset, "noise": noise, "sigma": float(sigma), "table": bool(table)})
 
 
 def certify_radius_step(chapter: str, root, dataset: str, checkpoint, arch: str, sigma: float, radius: float, *,
@@ -440,6 +491,40 @@ def certify_radius_step(chapter: str, root, dataset: str, checkpoint, arch: str,
                 device, argv=tuple(argv), output=out, examples=examples,
                 work=(Work("forward", core_model(arch, dataset), examples * (n0 + drawn), batch),), note=note,
                 info={"dataset": dataset, "sigma": float(sigma), "radius": float(radius)})
+
+
+def certify_grid_step(chapter: str, root, dataset: str, checkpoint, arch: str, sigma: float, radii, *, n0: int,
+                      n_max: int, alpha: float, batch: int, method: str = "betting", futility: float = 0.001,
+                      stop_if_wrong: bool = False, skip: int = 1, seed: int = 0, device: str = "cpu",
+                      split: str = "test", trained_epochs: int | None = None, noise: float | None = None,
+                      samples_per_example: float | None = None, name: str | None = None,
+                      table: bool = False) -> Step:
+    """`rsbook certify --radii` (a table's radii decided from one stream per example, rsbook.sequential_grid) into
+    root/sequential/<dataset>_noise<noise>_sigma<sigma>-<digest>/certify.tsv. Work per example: n0 plus
+    `samples_per_example` draws (e.g. rsbook.replay.grid_cost on the authors' released log) or, without it, n_max:
+    an upper bound, said in the step's note."""
+    from rsbook.sequential_grid import check_radii
+
+    radii = list(check_radii(radii))
+    noise = float(sigma if noise is None else noise)
+    identity = {"command": "rsbook certify --radii", "dataset": dataset, "split": split,
+                "checkpoint": str(checkpoint), "trained_epochs": trained_epochs, "radii": radii, "n0": n0,
+                "n_max": n_max, "alpha": alpha, "batch": batch, "method": method, "futility": float(futility),
+                "stop_if_wrong": stop_if_wrong, "skip": skip, "seed": seed}
+    out = run_folder(root, "sequential", f"{dataset}_noise{noise:g}_sigma{float(sigma):g}", identity) / "certify.tsv"
+    argv = _smoothing_argv("certify", dataset, checkpoint, sigma, alpha, batch, skip, seed, device, out, split)
+    argv += ["--n0", n0, "--radii", *[_number(r) for r in radii], "--n-max", n_max, "--method", method,
+             "--futility", _number(float(futility))]
+    argv += ["--stop-if-wrong"] if stop_if_wrong else []
+    examples = selected_examples(dataset, split, skip)
+    drawn = n_max if samples_per_example is None else float(samples_per_example) - n0
+    note = ("upper bound: n_max samples per example" if samples_per_example is None
+            else "mean samples per example from a replay of the authors' released log")
+    return Step(chapter, name or f"certify {dataset}, noise {noise:g}, σ = {float(sigma):g}, radii "
+                + "/".join(f"{r:g}" for r in radii), "certify_radius", device, argv=tuple(argv), output=out,
+                examples=examples, work=(Work("forward", core_model(arch, dataset), examples * (n0 + drawn), batch),),
+                note=note, info={"dataset": dataset, "noise": noise, "sigma": float(sigma), "radii": radii,
+                                 "table": bool(table)})
 
 
 def predict_step(chapter: str, root, dataset: str, checkpoint, arch: str, sigma: float, *, n: int, alpha: float,
@@ -503,6 +588,8 @@ def progress(step: Step) -> float:
     if step.output is not None:
         if not step.output.exists():
             return 0.0
+        if step.kind == "released":
+            return 1.0
         if step.output.is_dir():
             return 1.0 if _finished(step.output / MANIFEST, step.output.glob("*.part*")) else 0.0
         if step.output.suffix == ".pt":

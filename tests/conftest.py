@@ -202,3 +202,32 @@ def chapter_source(path: Path) -> dict:
     defined = set(re.findall(r'glue\(f?"([A-Za-z_0-9{}]+)"', code))
     return {"notebook": notebook, "parameters": parameters[0], "code": code, "prose": prose, "glued": glued,
             "defined": defined}
+
+
+# ------------------------------------------------------------- the authors' released checkpoints, in their layout
+
+
+def write_cohen_checkpoint(root, dataset: str, arch: str, noise: float, *, data_parallel: bool = False,
+                           legacy: bool = True, classes: int | None = None, seed: int = 0):
+    """A checkpoint in the exact layout of Cohen et al.'s released models ($RSBOOK_MODELS/<dataset>/<their arch
+    folder>/noise_<σ:.2f>/checkpoint.pth.tar, rsbook.released): {epoch, arch, state_dict, optimizer} of
+    Sequential(NormalizeLayer, net) (keys '1.<name>', or '1.module.<name>' inside nn.DataParallel), written by
+    torch.save in the legacy (pre-1.6, non-zip) format their 2019 code wrote unless legacy=False. Random weights
+    (seeded). Returns its path."""
+    from rsbook import data
+    from rsbook.models import build
+    from rsbook.released import find
+
+    torch.manual_seed(seed)
+    model = build(arch, classes or data.num_classes(dataset), dataset)
+    state = model.state_dict()
+    if data_parallel:
+        state = {key.replace("1.", "1.module.", 1): value for key, value in state.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    relative = find(dataset, arch, noise).relative if find(dataset, arch, noise) else \
+        f"{dataset}/{arch}/noise_{noise:.2f}/checkpoint.pth.tar"
+    path = Path(root) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 90, "arch": arch, "state_dict": state, "optimizer": optimizer.state_dict()}, path,
+               _use_new_zipfile_serialization=not legacy)
+    return path

@@ -406,3 +406,20 @@ def test_compare_only_judges_cells_the_paper_printed():
     ours = pd.DataFrame({"a": [0.5, 0.9], "b": [0.1, 0.25]}, index=[1, 2])
     result = compare(ours, paper, decimals=2)
     assert len(result) == 2 and set(result["status"]) == {"reproduced exactly"}
+
+
+def test_compare_within_the_subsample_interval():
+    """The paper-sample profile (issue 18, part 3): a cell is within tolerance when the paper's value lies in the
+    two-sided 95% Clopper-Pearson interval of our k / n (Beta quantiles, scipy.stats), widened by half a
+    printed unit; the tolerance column is the distance to the interval's end on the paper's side."""
+    from scipy.stats import beta
+
+    n, k = 100, 50
+    lower, upper = beta.ppf(0.025, k, n - k + 1), beta.ppf(0.975, k + 1, n - k)
+    ours = pd.DataFrame({0.5: [k / n, k / n, k / n]}, index=[1, 2, 3])
+    paper = pd.DataFrame({0.5: [lower - 0.004, lower - 0.006, upper + 0.004]}, index=[1, 2, 3])
+    result = compare(ours, paper, decimals=2, n_examples=n, interval=0.95)
+    assert result["status"].tolist() == [STATUSES[1], STATUSES[2], STATUSES[1]]
+    np.testing.assert_allclose(result["tolerance"], [0.005 + 0.5 - lower] * 2 + [0.005 + upper - 0.5])
+    with pytest.raises(ValueError, match="interval"):
+        compare(ours, paper, n_examples=None, interval=0.95)

@@ -139,3 +139,21 @@ def test_after_the_smoke_book_every_step_the_chapters_ran_is_done(smoke_book, mo
             if step.output is None and step.record is None:
                 continue  # a measurement, rerun at every execution
             assert steps.is_done(step), (chapter, step.name)
+
+
+def test_the_rerun_chapter_s_paths_side_by_side(tmp_path, monkeypatch):
+    """Issue 18, part 4: the cost of each way to the Cohen tables on the devices at hand — from scratch, the
+    authors' models with fixed n, with sequential certification, sampled — each path's certification from the
+    same measured rates (here a fixed rate), the sequential steps at their replay estimate (rsbook.replay on the
+    released logs), the authors' models without their training."""
+    monkeypatch.delenv("RSBOOK_MODELS", raising=False)
+    rows = {r["path"]: r for r in planner.path_costs("cohen_rerun", runs=tmp_path, meter=_FixedMeter(1000.0))}
+    scratch, fixed = rows["from scratch"], rows["released models, fixed n"]
+    sequential, sampled = rows["released models, sequential"], rows["sampled (paper-sample)"]
+    assert scratch["training"] > 0 and scratch["released"] == 0
+    assert fixed["training"] == 0 and fixed["released"] == 7 and fixed["certification"] == scratch["certification"]
+    assert sequential["certification"] < fixed["certification"] / 4  # the replay's savings, not n_max
+    assert sampled["seconds"] < sequential["seconds"] / 5
+    assert scratch["ratio"] == 1 and sampled["ratio"] == pytest.approx(scratch["seconds"] / sampled["seconds"])
+    text = planner.paths_table({"paths": {"cohen_rerun": list(rows.values())}})
+    assert "released models, sequential" in text and "x" in text.splitlines()[-1]

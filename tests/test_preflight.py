@@ -282,7 +282,7 @@ def test_a_checkpoint_estimate_covers_a_real_checkpoint(tmp_path):
 def test_the_estimate_counts_every_model_a_chapter_trains(tmp_path):
     p = chapter_parameters("cohen_rerun", "full")
     parts = dict(disk_estimate("cohen_rerun", p))
-    resnet110 = preflight._core_parameters("cifar_resnet110", 10)
+    resnet110 = preflight.core_parameters("cifar_resnet110", 10)
     assert parts[f"4 x cifar_resnet110 on cifar10 checkpoint ({resnet110:,} parameters)"] == 4 * checkpoint_bytes(
         resnet110)
     assert any(what.startswith("3 x resnet50 on imagenet") for what in parts)
@@ -292,10 +292,12 @@ def test_the_estimate_counts_every_model_a_chapter_trains(tmp_path):
 
 @pytest.mark.parametrize("profile", preflight.PROFILES)
 def test_the_document_model_bounds_hold_at_every_profile(profile):
-    """relax's and FaRS's models live in their document packages, which the core may not import: the
-    disk estimate counts them at DOCUMENT_MODEL_PARAMETERS, checked here against the models built."""
+    """relax's and FaRS's models live in their document packages: their disk estimates count them at the
+    packages' MODEL_PARAMETERS bounds, checked here against the models built."""
+    from rsbook.fars import steps as fars_steps
     from rsbook.fars.certify import build_head
     from rsbook.fars.lipschitz import sll_backbone
+    from rsbook.relax import steps as relax_steps
     from rsbook.relax.training import build_model
 
     def count(module):
@@ -309,8 +311,8 @@ def test_the_document_model_bounds_hold_at_every_profile(profile):
         backbone = sll_backbone(data.input_shape(fars["dataset"]), **fars["backbone"])
         head = build_head(backbone.config["embedding_dim"], data.num_classes(fars["dataset"]),
                           fars["deep_head"]["hidden"])
-    assert count(net) <= preflight.DOCUMENT_MODEL_PARAMETERS["relax"]
-    assert count(backbone) + count(head) <= preflight.DOCUMENT_MODEL_PARAMETERS["fars"]
+    assert count(net) <= relax_steps.MODEL_PARAMETERS
+    assert count(backbone) + count(head) <= fars_steps.MODEL_PARAMETERS
 
 
 def test_the_ancer_records_grow_with_the_inputs_and_the_rancer_rank():
@@ -321,3 +323,20 @@ def test_the_ancer_records_grow_with_the_inputs_and_the_rancer_rank():
     assert records["ANCER records of 1,000 inputs"] == 100 * fewer["ANCER records of 10 inputs"]
     d = 3 * 32 * 32
     assert records["ANCER records of 1,000 inputs"] >= 1000 * d * 16 * 4  # RANCER's d x rank reflectors alone
+
+
+# ------------------------------------------------------------------------------------------ requirements live with their documents
+
+def test_the_core_names_no_chapter_each_document_declares_its_needs():
+    """Issue 18, part 5: rsbook.preflight knows no chapter by name; each document package declares what its
+    chapters need beside its steps (preflight.declare in <package>/steps.py)."""
+    import inspect
+
+    source = inspect.getsource(preflight)
+    for chapter in ("cohen_rerun", "cohen_logs", "relax", "fars", "ancer", "sequential"):
+        assert f'"{chapter}"' not in source and f"'{chapter}'" not in source
+        assert preflight.needs(chapter) != preflight.Needs() or chapter == "intro"
+    assert preflight.needs("ancer").datasets == ("image.dataset",)
+    assert preflight.needs("nobody") == preflight.Needs()
+    with pytest.raises(ValueError, match="Needs value"):
+        preflight.declare("x", {"datasets": ()})

@@ -137,3 +137,19 @@ def test_high_probability_accuracy_shapes_and_arguments():
         high_probability_accuracy(0.5, 10, 0.001, 0.01, method="hoeffding")
     with pytest.raises(ValueError, match="alpha"):
         false_certification_quantile(10, 0.0, 0.01)
+
+
+def test_clopper_pearson_interval_covers_at_its_level_exactly():
+    """Two-sided Clopper-Pearson (issue 18, the paper-sample profile's tolerance): for every p on a grid the
+    exact probability (scipy.stats.binom) that the interval misses p is at most alpha."""
+    from scipy.stats import binom
+
+    from rsbook.stats import clopper_pearson_interval
+
+    n, alpha = 60, 0.05
+    k = np.arange(n + 1)
+    lower, upper = clopper_pearson_interval(k, n, alpha)
+    assert lower[0] == 0.0 and upper[-1] == 1.0 and np.all(lower <= k / n) and np.all(k / n <= upper)
+    for p in np.linspace(0.001, 0.999, 199):
+        miss = binom.pmf(k, n, p)[(lower > p) | (upper < p)].sum()
+        assert miss <= alpha + 1e-12

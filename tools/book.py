@@ -33,9 +33,10 @@ from pathlib import Path
 
 import yaml
 
+from rsbook.preflight import PAPER_SCALE, PROFILES
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-PROFILES = ("smoke", "default", "full")
 RESULTS_CSV = Path("results") / "comparisons.csv"
 """Where, relative to the staged book, the build writes every recorded cell of the profile it renders;
 book/intro.md links it with {download}."""
@@ -56,13 +57,13 @@ def is_notebook(path: Path) -> bool:
 
 
 def parameters_for(name: str, profile: str, overrides: dict) -> dict:
-    """The chapter's parameters at `profile` (book/profiles/<name>.yml), then the overrides."""
+    """The chapter's parameters at `profile` (book/profiles/<name>.yml, rsbook.preflight.profile_parameters),
+    then the overrides."""
+    from rsbook.preflight import profile_parameters
+
     if profile not in PROFILES:
         raise SystemExit(f"profile must be one of {PROFILES}, got {profile!r}")
-    path = BOOK / "profiles" / f"{name}.yml"
-    profiles = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-    base = profiles.get(profile) or {}
-    return {**base, **overrides, "profile": profile}
+    return {**profile_parameters(name, profile, book=BOOK), **overrides, "profile": profile}
 
 
 def library_fingerprint() -> str:
@@ -221,7 +222,7 @@ def preflight(profile: str, runs: Path, chapters: list[str], overrides: dict | N
     from rsbook import preflight as pf
 
     reqs = pf.requirements(chapters, profile, book=BOOK, runs=runs, overrides=overrides)
-    if profile != "full" and not os.environ.get("RSBOOK_MIRROR"):
+    if profile not in PAPER_SCALE and not os.environ.get("RSBOOK_MIRROR"):
         reqs = [r for r in reqs if not isinstance(r, pf.ArtifactRequirement)]
     missing = pf.check(reqs)
     print(pf.report(reqs, missing), file=sys.stderr if missing else sys.stdout)

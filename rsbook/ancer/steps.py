@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from rsbook import data
+from rsbook import data, preflight
 from rsbook import steps as core
 
 __all__ = ["CHAPTER", "MODULE", "RELEASED_WEIGHTS", "steps", "hvp", "toy_model_id", "image_argv"]
@@ -180,3 +180,32 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
                               "processes when launched); 'hvp': RANCER's Lanczos Hessian-vector products",
                          info={"label": dataset}))
     return out
+
+
+RECORD_VALUE_BYTES = 8
+"""Bytes counted per stored optimisation value (float64; float32 tensors take half)."""
+
+
+def _disk(p: Mapping) -> list:
+    """The image experiment's base classifier and the per-input records of the four methods: Fixed and Isotropic
+    a sigma each; ANCER d sigmas; RANCER d sigmas, d x rank reflectors, rank tau, signs and eigenvalues; 7 traced
+    quantities per iteration of the three optimised methods."""
+    image, settings = p.get("image") or {}, p.get("image_settings") or {}
+    if "dataset" not in image or "arch" not in image:
+        return []
+    dataset = image["dataset"]
+    parts = preflight.model_parts(1, f"{image['arch']} on {dataset}",
+                                  preflight.core_parameters(image["arch"], data.num_classes(dataset)))
+    d = math.prod(data.input_shape(dataset))
+    rank = (settings.get("rancer") or {}).get("rank") or d
+    iterations = sum((settings.get(m) or {}).get("iterations", 0) for m in ("iso", "ancer", "rancer"))
+    per_input = 2 + d + d + d * rank + 3 * rank + 7 * iterations
+    examples = int(image.get("num_examples", 0) or 0)
+    if examples:
+        parts.append(preflight.Part(f"ANCER records of {examples:,} inputs ({per_input:,} values each)", 1,
+                                    examples * per_input * RECORD_VALUE_BYTES, False))
+    return parts
+
+
+preflight.declare(CHAPTER, preflight.Needs(datasets=("image.dataset",),
+                                           artifacts=lambda p: [{"repo": "tarasrumezhak/RANCER"}], disk=_disk))

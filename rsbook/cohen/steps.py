@@ -2,8 +2,13 @@
 for the chapter and for the plan (rsbook.steps, rsbook.plan).
 
     steps(parameters, root)  every step at the chapter's parameters, in the order they run:
-        one `rsbook train` per dataset and noise level (Sec. 3.3),
-        one `rsbook certify` per trained model and certification noise (its own and cross_sigmas; Sec. 3.2.2, Fig. 15),
+        one `rsbook train` per dataset and noise level (Sec. 3.3), or, where the authors released that model and
+        the file is under $RSBOOK_MODELS (rsbook.released; parameter `released`), a step that uses it instead,
+        one certify log per model and certification noise (its own and cross_sigmas; Sec. 3.2.2, Fig. 15): with
+        certify = 'fixed' `rsbook certify` (CERTIFY, n samples); with certify = 'sequential' `rsbook certify
+        --radii` (rsbook.sequential_grid: the table's radii, or the cross-noise matrix's radius, decided from
+        one stream per example with n_max = n), plus fixed-n CERTIFY logs on every figure_skip-th example
+        where a figure needs each example's radius (Figure 8's noise level, the attacked model),
         one `rsbook predict` per number of samples of Table 4 and the reference n,
         the top-k radii (`python -m rsbook.cohen.pipeline topk`, topk_argv) and the attacks on the
         certified examples of the matched certify log of their (dataset, sigma), a certify step earlier
@@ -26,10 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from rsbook import preflight, released
 from rsbook import steps as core
-from rsbook.logs import read_certify_log, read_predict_log
+from rsbook.logs import read_certify_log, read_log, read_predict_log
 
-__all__ = ["CHAPTER", "MODULE", "steps", "checkpoints", "grids", "predict_logs", "topk_argv", "attack_argv"]
+__all__ = ["CHAPTER", "MODULE", "CERTIFY_MODES", "steps", "checkpoints", "models", "grids", "figure_logs",
+           "predict_logs", "table_radii", "sequential_cost", "topk_argv", "attack_argv"]
+
+CERTIFY_MODES = ("fixed", "sequential")
 
 CHAPTER = "cohen_rerun"
 MODULE = "rsbook.cohen.pipeline"
@@ -40,31 +49,92 @@ def _sigmas(setting: Mapping, parameters: Mapping) -> list[float]:
     return [float(s) for s in setting.get("sigmas", parameters.get("sigmas", ()))]
 
 
+def table_radii(dataset: str, parameters: Mapping) -> list[float]:
+    """The radii a matched log is certified at in sequential mode: the columns of the paper's table for the
+    dataset (Table 3 for CIFAR-10, Table 2 for ImageNet), else the chapter's `radii`, and the cross-noise
+    matrix's radius."""
+    from rsbook import published
+
+    paper = {"cifar10": "Table 3", "imagenet": "Table 2"}
+    columns = list(published.table("cohen", paper[dataset]).columns) if dataset in paper else parameters["radii"]
+    return sorted({float(r) for r in columns} | {float(parameters.get("matrix_radius", columns[0]))})
+
+
+def _figure_sigmas(p: Mapping) -> set:
+    """(dataset, sigma) whose matched model needs a fixed-n log for a figure in sequential mode: Figure 8's noise
+    level (the middle one of the first dataset, as the chapter picks it) and the attacked model."""
+    first = next(iter(p["experiments"]))
+    sigmas = sorted(_sigmas(p["experiments"][first], p))
+    found = {(first, sigmas[len(sigmas) // 2])}
+    if p.get("attack"):
+        found.add((p["attack"]["dataset"], float(p["attack"]["sigma"])))
+    return found
+
+
+def _grid_samples(dataset: str, noise: float, sigma: float, radii, p: Mapping, options: Mapping) -> float | None:
+    """Mean draws per example of the grid test, replayed on the authors' released log of the model trained at
+    `noise` and certified at `sigma` (rsbook.replay.grid_cost), or None where there is none or it cannot be read
+    (the estimate is then n_max)."""
+    from rsbook.replay import grid_cost
+
+    try:
+        return grid_cost(dataset, sigma, radii, noise=noise, n=int(p["n"]), alpha=float(p["alpha"]), n0=int(p["n0"]),
+                         batch_size=1000, stop_if_wrong=bool(options.get("stop_if_wrong", False)),
+                         futility=float(options.get("futility", 0.001)), method=options.get("method", "betting"))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @core.register(CHAPTER)
 def steps(parameters: Mapping, root) -> list[core.Step]:
     """The chapter's steps at `parameters` (its parameters cell: experiments, sigmas, cross_sigmas, n0, n,
-    alpha, predict, topk, attack, device, seed) with run folder `root`. Training follows
-    rsbook.train.train_models (the same folders; an experiment's optional `workers` sets the data-loading
-    processes of `rsbook train`), every log is written by its `rsbook` command."""
+    alpha, released, certify, sequential, figure_skip, predict, topk, attack, device, seed) with run folder
+    `root`. Training follows rsbook.train.train_models (the same folders; an experiment's optional `workers`
+    sets the data-loading processes of `rsbook train`), every log is written by its `rsbook` command."""
     p, root = parameters, Path(root)
     device, seed = p.get("device", "cpu"), int(p.get("seed", 0))
     n0, n, alpha = int(p["n0"]), int(p["n"]), float(p["alpha"])
+    mode = p.get("certify", "fixed")
+    if mode not in CERTIFY_MODES:
+        raise ValueError(f"certify must be one of {CERTIFY_MODES}, got {mode!r}")
+    options = dict(p.get("sequential") or {})
     out: list[core.Step] = []
     trained: dict[str, dict[float, core.Step]] = {}
     for dataset, setting in p["experiments"].items():
         trained[dataset] = {}
         for sigma in _sigmas(setting, p):
-            step = core.train_step(CHAPTER, root, dataset, setting["arch"], sigma, epochs=setting["epochs"], seed=seed,
-                                   device=device, workers=setting.get("workers"), batch_size=setting["batch"],
-                                   lr_step=setting["lr_step"])
+            file = released.path(dataset, setting["arch"], sigma) if p.get("released", True) else None
+            if file is not None:
+                step = core.released_step(CHAPTER, dataset, setting["arch"], sigma, file)
+            else:
+                step = core.train_step(CHAPTER, root, dataset, setting["arch"], sigma, epochs=setting["epochs"],
+                                       seed=seed, device=device, workers=setting.get("workers"),
+                                       batch_size=setting["batch"], lr_step=setting["lr_step"])
             trained[dataset][sigma] = step
             out.append(step)
+    figures = _figure_sigmas(p) if mode == "sequential" else set()
     for dataset, setting in p["experiments"].items():
         for noise, model in trained[dataset].items():
+            common = dict(batch=setting["certify_batch"], seed=seed, device=device, trained_epochs=model.epochs,
+                          noise=noise)
             for sigma in sorted({noise, *map(float, p.get("cross_sigmas", ()))}):
-                out.append(core.certify_step(CHAPTER, root, dataset, model.output, setting["arch"], sigma, n0=n0, n=n,
-                                             alpha=alpha, batch=setting["certify_batch"], skip=setting["skip"],
-                                             seed=seed, device=device, trained_epochs=model.epochs, noise=noise))
+                if mode == "fixed":
+                    out.append(core.certify_step(CHAPTER, root, dataset, model.output, setting["arch"], sigma, n0=n0,
+                                                 n=n, alpha=alpha, skip=setting["skip"], table=sigma == noise,
+                                                 **common))
+                    continue
+                radii = table_radii(dataset, p) if sigma == noise else [float(p["matrix_radius"])]
+                out.append(core.certify_grid_step(
+                    CHAPTER, root, dataset, model.output, setting["arch"], sigma, radii, n0=n0, n_max=n, alpha=alpha,
+                    method=options.get("method", "betting"), futility=float(options.get("futility", 0.001)),
+                    stop_if_wrong=bool(options.get("stop_if_wrong", False)), skip=setting["skip"],
+                    samples_per_example=_grid_samples(dataset, noise, sigma, radii, p, options),
+                    table=sigma == noise, **common))
+                if sigma == noise and (dataset, sigma) in figures:
+                    out.append(core.certify_step(CHAPTER, root, dataset, model.output, setting["arch"], sigma, n0=n0,
+                                                 n=n, alpha=alpha, skip=setting["skip"] * int(p.get("figure_skip", 1)),
+                                                 name=f"certify {dataset}, σ = {sigma:g} (fixed n, for the figures)",
+                                                 **common))
     predict = p.get("predict")
     if predict:
         model = trained[predict["dataset"]][float(predict["sigma"])]
@@ -140,7 +210,7 @@ def _attack(root: Path, p: Mapping, attack: Mapping, trained, earlier, alpha: fl
     setting = p["experiments"][dataset]
     clip = None if dataset == "digits" else (0.0, 1.0)
     log = next(step for step in earlier if step.kind == "certify" and step.info.get("dataset") == dataset
-               and step.info.get("noise") == sigma and step.info.get("sigma") == sigma)
+               and step.info.get("noise") == sigma and step.info.get("sigma") == sigma)  # fixed n in either mode
     multipliers = [float(m) for m in attack["multipliers"]]
     options = {"n_predict": int(attack["n_predict"]), "alpha": alpha, "steps": int(attack["steps"]),
                "num_noise": int(attack["num_noise"]), "clip": clip}
@@ -164,24 +234,104 @@ def _attack(root: Path, p: Mapping, attack: Mapping, trained, earlier, alpha: fl
 
 
 def checkpoints(steps: Sequence[core.Step]) -> dict[str, dict[float, Path]]:
-    """{dataset: {training sigma: checkpoint path}} of the train steps (as rsbook.train.train_models)."""
+    """{dataset: {training sigma: checkpoint path}} of the models, trained here (train steps, as
+    rsbook.train.train_models) or the authors' (released steps)."""
     found: dict[str, dict[float, Path]] = {}
-    for step in core.outputs(steps, "train"):
+    for step in [*core.outputs(steps, "train"), *core.outputs(steps, "released")]:
         found.setdefault(step.info["dataset"], {})[step.info["sigma"]] = step.output
-    return found
+    return {dataset: dict(sorted(models.items())) for dataset, models in found.items()}
+
+
+def models(steps: Sequence[core.Step]) -> pd.DataFrame:
+    """One row per model — dataset, sigma (training noise), origin ('trained here' or 'released (<document>)'),
+    checkpoint and sha256 (None for a model not trained yet) — for the chapter's manifest and text."""
+    from rsbook.published import file_sha256
+
+    rows = []
+    for step in [*core.outputs(steps, "train"), *core.outputs(steps, "released")]:
+        trained = step.kind == "train"
+        sha = (file_sha256(step.output) if step.output.exists() else None) if trained else step.info["sha256"]
+        rows.append({"dataset": step.info["dataset"], "sigma": step.info["sigma"],
+                     "origin": "trained here" if trained else step.info["origin"], "checkpoint": str(step.output),
+                     "sha256": sha})
+    return pd.DataFrame(rows, columns=["dataset", "sigma", "origin", "checkpoint", "sha256"])
 
 
 def grids(steps: Sequence[core.Step]) -> dict[str, pd.DataFrame]:
-    """{dataset: one row per certify log — noise (training sigma), sigma, path, log (the parsed log)}, as
-    rsbook.cohen.pipeline.certify_grid returns. Raises FileNotFoundError for a log not written yet."""
+    """{dataset: one row per table log — noise (training sigma), sigma, path, log (the parsed log), method
+    ('fixed' or 'sequential')}, as rsbook.cohen.pipeline.certify_grid returns (plus method): the CERTIFY logs
+    in fixed mode, the sequential logs (rsbook certify --radii) in sequential mode, never the figures' fixed-n
+    logs. Raises FileNotFoundError for a log not written yet."""
+    sequential = bool(core.outputs(steps, "certify_radius"))
     rows: dict[str, list] = {}
-    for step in core.outputs(steps, "certify"):
+    for step in core.outputs(steps, "certify_radius" if sequential else "certify"):
         rows.setdefault(step.info["dataset"], []).append(
             {"noise": step.info["noise"], "sigma": step.info["sigma"], "path": step.output,
-             "log": read_certify_log(step.output)})
+             "log": read_log(step.output), "method": "sequential" if sequential else "fixed"})
     return {dataset: pd.DataFrame(found) for dataset, found in rows.items()}
+
+
+def figure_logs(steps: Sequence[core.Step]) -> dict[tuple[str, float], pd.DataFrame]:
+    """{(dataset, sigma): the fixed-n CERTIFY log of the matched model} for the figures that need each example's
+    radius (Figure 8, the attacks): the table logs themselves in fixed mode, the extra fixed-n logs in sequential
+    mode."""
+    return {(step.info["dataset"], step.info["sigma"]): read_certify_log(step.output)
+            for step in core.outputs(steps, "certify") if step.info["noise"] == step.info["sigma"]}
+
+
+def sequential_cost(grid: pd.DataFrame, n0: int, n: int) -> pd.DataFrame:
+    """Per table log of `grids` (one dataset): sigma, method, examples, samples per example (mean, n0 included:
+    the log's samples column in sequential mode, n0 + n in fixed mode), fixed (n0 + n) and ratio (fixed / mean);
+    plus a row 'table' with the totals over the logs."""
+    rows = []
+    for row in grid.itertuples():
+        log = row.log
+        mean = float(log["samples"].mean()) if "samples" in log else float(n0 + n)
+        rows.append({"sigma": f"{row.sigma:g}", "method": row.method, "examples": len(log), "samples": mean,
+                     "fixed": float(n0 + n), "ratio": float(n0 + n) / mean})
+    frame = pd.DataFrame(rows)
+    total = {"sigma": "table", "method": "/".join(sorted(set(frame["method"]))), "examples": int(frame["examples"].sum()),
+             "samples": float((frame["samples"] * frame["examples"]).sum() / frame["examples"].sum()),
+             "fixed": float(n0 + n)}
+    total["ratio"] = total["fixed"] / total["samples"]
+    return pd.concat([frame, pd.DataFrame([total])], ignore_index=True).set_index("sigma")
 
 
 def predict_logs(steps: Sequence[core.Step]) -> dict[int, pd.DataFrame]:
     """{n: the parsed predict log} of the predict steps, as rsbook.cohen.pipeline.predict_runs returns."""
     return {step.info["n"]: read_predict_log(step.output) for step in core.outputs(steps, "predict")}
+
+
+def _models(p: Mapping) -> list[tuple[str, str, float]]:
+    """(dataset, arch, noise) of every model the chapter uses, whose release it takes when present."""
+    if not p.get("released", True):
+        return []
+    return [(dataset, setting["arch"], sigma) for dataset, setting in p["experiments"].items()
+            for sigma in _sigmas(setting, p)]
+
+
+def _disk(p: Mapping) -> list:
+    """The checkpoints of the models trained here (not those taken from the authors' release)."""
+    from rsbook import data
+
+    parts = []
+    for dataset, setting in (p.get("experiments") or {}).items():
+        trained = [s for s in _sigmas(setting, p)
+                   if not (p.get("released", True) and released.path(dataset, setting["arch"], s))]
+        parts += preflight.model_parts(len(trained), f"{setting['arch']} on {dataset}",
+                                       preflight.core_parameters(setting["arch"], data.num_classes(dataset)))
+    return parts
+
+
+preflight.declare(CHAPTER, preflight.Needs(datasets=("experiments.*", "predict.dataset", "attack.dataset",
+                                                     "topk.dataset"), disk=_disk, models=_models))
+preflight.declare("cohen_logs", preflight.Needs(artifacts=lambda p: [{"repo": "locuslab/smoothing"}]))
+preflight.declare("sequential", preflight.Needs(artifacts=lambda p: [{"repo": "locuslab/smoothing",
+                                                                       "kind": "certify_log"}]))
+
+core.register_paths(CHAPTER, {
+    "from scratch": core.CostPath("full", {"released": False, "certify": "fixed"}),
+    "released models, fixed n": core.CostPath("full", {"released": False, "certify": "fixed"}, released=True),
+    "released models, sequential": core.CostPath("full", {"released": False, "certify": "sequential"}, released=True),
+    "sampled (paper-sample)": core.CostPath("paper-sample", {"released": False}, released=True),
+})

@@ -31,11 +31,11 @@ import json
 import torch
 import torch.nn.functional as F
 
-from rsbook import data
+from rsbook import data, preflight
 from rsbook import steps as core
 from rsbook.logs import run_folder
 
-__all__ = ["CHAPTER", "MODULE", "steps", "checkpoints", "train_head", "train_argv"]
+__all__ = ["CHAPTER", "MODEL_PARAMETERS", "MODULE", "steps", "checkpoints", "train_head", "train_argv"]
 
 CHAPTER = "fars"
 
@@ -239,3 +239,17 @@ def checkpoints(parameters: Mapping, plan, trained: Mapping) -> dict:
     end_to_end = trained[names["end_to_end"]] if end_to_end is None else end_to_end
     checkpoint = trained[names["probe"]] if "probe" in names else end_to_end
     return {"end_to_end": end_to_end, "checkpoint": checkpoint, "deep_head": trained[names["deep_head"]]}
+
+
+MODEL_PARAMETERS = 64_000_000
+"""An upper bound on the parameters (and buffers) of this chapter's SLL backbone with its deepest head (45M at
+profile full), for the disk estimate; tests/test_preflight.py builds them at every profile."""
+
+
+def _disk(p: Mapping) -> list:
+    probe = (p.get("probe") or {}).get("epochs", 0) or 0
+    count = (p.get("backbone_checkpoint") is None) + (probe > 0) + ("deep_head" in p)
+    return preflight.model_parts(count, "FaRS backbone + head (bound)", MODEL_PARAMETERS)
+
+
+preflight.declare(CHAPTER, preflight.Needs(datasets=("dataset",), disk=_disk))

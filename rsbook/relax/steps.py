@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
-from rsbook import data
+from rsbook import data, preflight
 from rsbook import steps as core
 from rsbook.logs import LOG_MANIFEST_SUFFIX, run_folder
 
-__all__ = ["CHAPTER", "steps", "noise_models", "checkpoints", "robust_step"]
+__all__ = ["CHAPTER", "MODEL_PARAMETERS", "steps", "noise_models", "checkpoints", "robust_step"]
 
 CHAPTER = "relax"
 
@@ -129,3 +129,16 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
 def checkpoints(plan, trained: Mapping) -> dict:
     """{network name: checkpoint} of the training steps of `plan`, from what rsbook.steps.run returned."""
     return {step.info["name"]: Path(trained[step.name]) for step in plan if step.kind == "train"}
+
+
+MODEL_PARAMETERS = 4_000_000
+"""An upper bound on the parameters (and buffers) of one of this chapter's networks (rsbook.relax.training: mlp /
+conv_small; 215k at profile full), for the disk estimate; tests/test_preflight.py builds them at every profile."""
+
+
+def _disk(p: Mapping) -> list:
+    count = len(p.get("models") or {}) + len((p.get("smoothing") or {}).get("sigmas", ()))
+    return preflight.model_parts(count, f"{p.get('arch', 'relax')} (bound)", MODEL_PARAMETERS)
+
+
+preflight.declare(CHAPTER, preflight.Needs(datasets=("dataset",), disk=_disk))
