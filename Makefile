@@ -29,7 +29,7 @@ book: venv
 	$(PY) tools/book.py build --profile $(PROFILE) --runs $(RUNS) --out $(OUT)
 
 chapter: venv
-	@test -n "$(CH)" || { echo 'usage: make chapter CH=<name> [PROFILE=smoke|default|full] [ARGS="-p sigma 0.5"]' >&2; exit 2; }
+	@test -n "$(CH)" || { echo 'usage: make chapter CH=<name> [PROFILE=smoke|default|full|paper-sample] [ARGS="-p sigma 0.5"]' >&2; exit 2; }
 	$(PY) tools/book.py build --profile $(PROFILE) --runs $(RUNS) --out $(OUT) --chapter $(CH) $(ARGS)
 
 test: venv

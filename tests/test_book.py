@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 from conftest import glued_values  # noqa: E402
 
 import book  # noqa: E402  (tools/book.py, the build script)
+from rsbook.logs import read_log  # noqa: E402
+from rsbook.published import file_sha256  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -415,13 +417,18 @@ def test_browser_loads_each_chapter_and_every_figure(smoke_book, tmp_path, chapt
     assert screenshot.exists() and screenshot.stat().st_size > 50_000
 
 
-def test_full_profile_path_on_tiny_on_disk_datasets(runs, cifar, tmp_path):
+def test_full_profile_path_on_tiny_on_disk_datasets(runs, cifar, tmp_path, monkeypatch):
     """The paper-scale profile (CIFAR-10 ResNet-110 / ImageNet ResNet-50 on a GPU) runs the same code:
-    here it executes on miniature CIFAR-10 batches and an ImageNet folder on the CPU, with sizes shrunk."""
-    from conftest import write_image_folder
+    here it executes on miniature CIFAR-10 batches and an ImageNet folder on the CPU, with sizes shrunk.
+    The authors' released ImageNet ResNet-50 at σ = 0.25 (written here in their archive's layout, with
+    nn.DataParallel's keys, under RSBOOK_MODELS) stands in for its training; the tables are certified
+    sequentially (the profile's `certify: sequential`), the figures' logs with fixed n."""
+    from conftest import write_cohen_checkpoint, write_image_folder
 
     write_image_folder(tmp_path / "imagenet", "train", seed=0)
     write_image_folder(tmp_path / "imagenet", "val", seed=1)
+    monkeypatch.setenv("RSBOOK_MODELS", str(tmp_path / "models"))
+    authors = write_cohen_checkpoint(tmp_path / "models", "imagenet", "resnet50", 0.25, data_parallel=True)
     shrink = {
         "experiments": {"cifar10": {"arch": "cifar_resnet20", "epochs": 1, "lr_step": 30, "batch": 4, "skip": 1,
                                     "certify_batch": 32},
@@ -442,4 +449,16 @@ def test_full_profile_path_on_tiny_on_disk_datasets(runs, cifar, tmp_path):
             ("cohen", "Section 4 (tightness)"), ("notes", "Top-k predictions (text)")} <= recorded
     manifest = json.loads((notebook.parent / "manifest.json").read_text())
     assert manifest["parameters"]["experiments"]["imagenet"]["arch"] == "resnet50"
-    assert list((runs / "cohen_rerun" / "full" / "train").glob("resnet50_imagenet_noise0.25-*/checkpoint.pt"))
+    assert manifest["parameters"]["certify"] == "sequential"
+    models = {(m["dataset"], m["sigma"]): m for m in manifest["models"]}
+    assert models["imagenet", 0.25]["origin"] == "released (cohen)" and models["imagenet", 0.25]["checkpoint"] == str(
+        authors)
+    assert models["imagenet", 0.25]["sha256"] == file_sha256(authors)
+    assert models["imagenet", 0.5]["origin"] == "trained here" and len(models["imagenet", 0.5]["sha256"]) == 64
+    folder = runs / "cohen_rerun" / "full"
+    assert not list((folder / "train").glob("resnet50_imagenet_noise0.25-*"))  # the authors' model: not trained
+    assert list((folder / "train").glob("resnet50_imagenet_noise0.5-*/checkpoint.pt"))
+    sequential = list((folder / "sequential").glob("*/certify.tsv"))
+    assert len(sequential) == 6 and all("samples" in read_log(log) for log in sequential)
+    glued = glued_values(notebook)
+    assert "released (cohen)" in glued["models_origin"] and "sequential" in glued["certify_method"]
