@@ -38,8 +38,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from rsbook._checks import check_alpha, check_positive_int, check_sigma
-from rsbook.sequential import DEFAULT_FUTILITY, DEFAULT_PRIOR, METHODS, _check_hits, _futility, certify_threshold
+from rsbook._checks import check_positive_int, check_sigma
+from rsbook.sequential import DEFAULT_FUTILITY, DEFAULT_PRIOR, _check_hits, _futility, certify_threshold
 from rsbook.sequential import plan as radius_plan
 
 __all__ = ["GridPlan", "GridResult", "check_radii", "grid_plan", "certify_grid", "simulate_grid"]
@@ -105,14 +105,10 @@ def grid_plan(radii, sigma, alpha, n_max, method: str = "betting", batch_size: i
     Plans are cached per distinct arguments; their arrays are read-only."""
     radii = check_radii(radii)
     sigma = check_sigma(sigma)
-    alpha = check_alpha(alpha)
-    n_max = check_positive_int(n_max, "n_max")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if futility is not None:
-        futility = check_alpha(futility, name="futility")
-    return _grid_plan(radii, sigma, alpha, n_max, method, batch_size, futility, tuple(prior), first, growth)
+    shared = radius_plan(0.5, alpha, n_max, method, batch_size, futility=futility, prior=prior, first=first,
+                         growth=growth)  # checks every other argument; its looks are every radius's
+    return _grid_plan(radii, sigma, shared.alpha, shared.n_max, shared.method, int(batch_size), shared.futility,
+                      shared.prior, first, growth)
 
 
 @lru_cache(maxsize=64)

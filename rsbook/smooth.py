@@ -129,16 +129,8 @@ class Smooth:
         probability at least 1 - alpha, a certified prediction is g(x') for every ||x' - x||_2 < radius.
         `options` go to rsbook.sequential.plan (futility, prior, first, growth).
         """
-        x, finite = self._validate(x, generator, alpha, batch_size, n0=n0, n_max=n_max)
-        check_generator(estimate_generator, self.device)
-        estimate_generator = generator if estimate_generator is None else estimate_generator
+        c_hat, draw = self._selected(x, n0, n_max, alpha, batch_size, generator, estimate_generator)
         with torch.inference_mode():
-            c_hat = self._count(x, n0, batch_size, generator).argmax()
-            c_hat = self._to_host([c_hat], finite)[0]
-
-            def draw(k):
-                return int(self._count(x, k, batch_size, estimate_generator)[c_hat])
-
             result = sequential_certify(draw, radius, self.sigma, alpha, n_max, batch_size, method, **options)
         prediction = int(c_hat) if result.certified else ABSTAIN
         return prediction, result.certified, n0 + result.samples
@@ -161,20 +153,27 @@ class Smooth:
         1 - alpha, a returned prediction is g(x') for every ||x' - x||_2 < r at every certified radius r.
         `options` go to rsbook.sequential.plan (futility, prior, first, growth).
         """
+        c_hat, draw = self._selected(x, n0, n_max, alpha, batch_size, generator, estimate_generator)
+        if label is not None and int(c_hat) != int(label):
+            return ABSTAIN, 0.0, n0
+        with torch.inference_mode():
+            result = sequential_grid(draw, radii, self.sigma, alpha, n_max, batch_size, method, **options)
+        return (int(c_hat) if result.any else ABSTAIN), result.radius, n0 + result.samples
+
+    def _selected(self, x, n0: int, n_max: int, alpha: float, batch_size: int, generator, estimate_generator):
+        """CERTIFY's selection for the sequential tests: (c_A from n0 samples of `generator`, draw) with draw(k)
+        the top-class hits among k fresh samples of `estimate_generator` (else continuing `generator`). Checks the
+        arguments first (ValueError naming the bad one)."""
         x, finite = self._validate(x, generator, alpha, batch_size, n0=n0, n_max=n_max)
         check_generator(estimate_generator, self.device)
         estimate_generator = generator if estimate_generator is None else estimate_generator
         with torch.inference_mode():
-            c_hat = self._count(x, n0, batch_size, generator).argmax()
-            c_hat = self._to_host([c_hat], finite)[0]
-            if label is not None and int(c_hat) != int(label):
-                return ABSTAIN, 0.0, n0
+            c_hat = self._to_host([self._count(x, n0, batch_size, generator).argmax()], finite)[0]
 
-            def draw(k):
-                return int(self._count(x, k, batch_size, estimate_generator)[c_hat])
+        def draw(k):
+            return int(self._count(x, k, batch_size, estimate_generator)[c_hat])
 
-            result = sequential_grid(draw, radii, self.sigma, alpha, n_max, batch_size, method, **options)
-        return (int(c_hat) if result.any else ABSTAIN), result.radius, n0 + result.samples
+        return c_hat, draw
 
     def sample_counts(self, x, num: int, batch_size: int, generator=None) -> torch.Tensor:
         """Class counts of f over `num` noisy copies of x: an int64 tensor of shape (num_classes,),

@@ -420,15 +420,16 @@ def test_browser_loads_each_chapter_and_every_figure(smoke_book, tmp_path, chapt
 def test_full_profile_path_on_tiny_on_disk_datasets(runs, cifar, tmp_path, monkeypatch):
     """The paper-scale profile (CIFAR-10 ResNet-110 / ImageNet ResNet-50 on a GPU) runs the same code:
     here it executes on miniature CIFAR-10 batches and an ImageNet folder on the CPU, with sizes shrunk.
-    The authors' released ImageNet ResNet-50 at σ = 0.25 (written here in their archive's layout, with
-    nn.DataParallel's keys, under RSBOOK_MODELS) stands in for its training; the tables are certified
-    sequentially (the profile's `certify: sequential`), the figures' logs with fixed n."""
+    The authors' released ImageNet ResNet-50s (written here in their archive's layout, with nn.DataParallel's
+    keys, under RSBOOK_MODELS) stand in for their training, the CIFAR-10 models are trained here; the tables are
+    certified sequentially (the profile's `certify: sequential`), the figures' logs with fixed n."""
     from conftest import write_cohen_checkpoint, write_image_folder
 
     write_image_folder(tmp_path / "imagenet", "train", seed=0)
     write_image_folder(tmp_path / "imagenet", "val", seed=1)
     monkeypatch.setenv("RSBOOK_MODELS", str(tmp_path / "models"))
     authors = write_cohen_checkpoint(tmp_path / "models", "imagenet", "resnet50", 0.25, data_parallel=True)
+    write_cohen_checkpoint(tmp_path / "models", "imagenet", "resnet50", 0.5, data_parallel=True, legacy=False)
     shrink = {
         "experiments": {"cifar10": {"arch": "cifar_resnet20", "epochs": 1, "lr_step": 30, "batch": 4, "skip": 1,
                                     "certify_batch": 32},
@@ -454,10 +455,10 @@ def test_full_profile_path_on_tiny_on_disk_datasets(runs, cifar, tmp_path, monke
     assert models["imagenet", 0.25]["origin"] == "released (cohen)" and models["imagenet", 0.25]["checkpoint"] == str(
         authors)
     assert models["imagenet", 0.25]["sha256"] == file_sha256(authors)
-    assert models["imagenet", 0.5]["origin"] == "trained here" and len(models["imagenet", 0.5]["sha256"]) == 64
+    assert models["cifar10", 0.5]["origin"] == "trained here" and len(models["cifar10", 0.5]["sha256"]) == 64
     folder = runs / "cohen_rerun" / "full"
-    assert not list((folder / "train").glob("resnet50_imagenet_noise0.25-*"))  # the authors' model: not trained
-    assert list((folder / "train").glob("resnet50_imagenet_noise0.5-*/checkpoint.pt"))
+    assert not list((folder / "train").glob("resnet50_imagenet_*"))  # the authors' models: not trained
+    assert len(list((folder / "train").glob("cifar_resnet20_cifar10_noise*/checkpoint.pt"))) == 2
     sequential = list((folder / "sequential").glob("*/certify.tsv"))
     assert len(sequential) == 6 and all("samples" in read_log(log) for log in sequential)
     glued = glued_values(notebook)

@@ -83,6 +83,10 @@ def test_a_released_model_replaces_its_training_step_and_the_disk_estimate(tmp_p
     assert all(str(file) in s.argv for s in plan if s.kind == "certify_radius" and s.info["noise"] == 0.25
                and s.info["dataset"] == "cifar10")
     assert cohen_steps.checkpoints(plan)["cifar10"][0.25] == file
+    from rsbook import plan as planner
+
+    row = planner._estimate(use, p, planner.Meter())  # `make plan`: the file it will use, no training, no cost
+    assert row["done"] and row["seconds"] == 0.0 and row["kind"] == "released" and str(file) in row["note"]
     parts = dict(preflight.disk_estimate("cohen_rerun", p))
     assert any(what.startswith("3 x cifar_resnet110 on cifar10") for what in parts)
     off = cohen_steps.steps({**p, "released": False}, tmp_path / "runs")
