@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from rsbook import streams
-from rsbook._checks import check_alpha, check_positive_int, check_seed
+from rsbook._checks import check_alpha, check_max_index, check_output_path, check_positive_int, check_seed
 from rsbook.logs import LogWriter, begin_log, finish_log, read_log, write_log
 from rsbook.progress import track
 from rsbook.smooth import Smooth
@@ -32,8 +32,9 @@ __all__ = ["selected_indices", "certify_dataset", "certify_radius_dataset", "pre
 
 
 def selected_indices(length: int, skip: int = 1, max_index: int = -1) -> list[int]:
-    """Indices i < length with i % skip == 0 and, when max_index >= 0, i < max_index."""
+    """Indices i < length with i % skip == 0 and, when max_index >= 0, i < max_index (-1: no limit)."""
     skip = check_positive_int(skip, "skip")
+    max_index = check_max_index(max_index)
     stop = length if max_index < 0 else min(length, max_index)
     return list(range(0, stop, skip))
 
@@ -79,8 +80,9 @@ def _broadcast_error(error: BaseException | None, world: int) -> BaseException |
 
 def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, skip: int, max_index: int,
          indices, progress: bool, clock, step):
-    out = Path(out)
+    out = check_output_path(out, "out", folder=False)
     seed = check_seed(seed)
+    skip, max_index = check_positive_int(skip, "skip"), check_max_index(max_index)
     chosen = selected_indices(len(dataset), skip, max_index) if indices is None else list(indices)
     identity = {**parameters, "kind": kind, "sigma": smooth.sigma, "skip": skip, "log": out.name}
     rank, world = _rank_world()
@@ -146,17 +148,19 @@ def certify_radius_dataset(smooth: Smooth, dataset, out, *, radius: float, n0: i
     The top class comes from CERTIFY's selection stream ('select', idx), so it is the c_A of
     certify_dataset with the same seed; the estimation draws from ('estimate', idx, 'radius=<r>'), a
     stream of their own. Resumable and torchrun-sharded as certify_dataset; `options` go to
-    rsbook.sequential.plan (futility, prior, first, growth) and are recorded in the manifest."""
-    from rsbook.sequential import METHODS
+    rsbook.sequential.plan (futility, prior, first, growth) and are recorded in the manifest. Every argument is
+    checked (the test's plan built) before the log or its manifest is begun."""
+    from rsbook.sequential import certify_threshold, plan
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius >= 0 or radius == float("inf"):
-        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    p0 = certify_threshold(radius, smooth.sigma)  # checks radius
+    if p0 >= 1:
+        raise ValueError(f"radius {radius!r} cannot be certified at sigma {smooth.sigma!r}: Phi(radius / sigma) "
+                         "rounds to 1")
     radius = float(radius)
     recorded = {**(parameters or {}), "radius": radius, "n0": check_positive_int(n0, "n0"),
                 "n_max": check_positive_int(n_max, "n_max"), "alpha": check_alpha(alpha),
                 "batch": check_positive_int(batch_size, "batch_size"), "method": method, **options}
+    plan(p0, alpha, n_max, method, batch_size, **options)  # the test's every setting, before the log is begun
 
     def step(x, idx):
         select = streams.generator(seed, "select", idx, device=smooth.device)
