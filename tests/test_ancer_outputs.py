@@ -89,7 +89,8 @@ def test_the_check_tolerates_the_rounding_of_half_precision_softmax():
 
 
 def test_check_options_checks_an_optimisers_settings_without_a_model():
-    check_options("RANCER", {**SETTINGS, "kappa": 2.0, "clip_sigma": [0.15, 0.15], "rank": 2, "outputs": "probabilities"})
+    check_options("RANCER", {**SETTINGS, "kappa": 2.0, "clip_sigma": [0.15, 0.15], "rank": 2,
+                             "outputs": "probabilities"})
     for method, options, message in [
         ("Isotropic", {**SETTINGS, "kappa": 1.0}, r"unknown \['kappa'\]"),
         ("ANCER", {"iterations": 3}, r"missing \['learning_rate', 'num_samples'\]"),
