@@ -58,11 +58,66 @@ def check_probability(p, name: str) -> np.ndarray:
     return arr
 
 
+def check_nonnegative_int(value, name: str) -> int:
+    """An integer >= 0 (a Python or numpy integer; not a bool), e.g. a count of worker processes."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def check_seed(seed, name: str = "seed") -> int:
     """A seed must be an integer >= 0 (a Python or numpy integer; not a bool)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    return check_nonnegative_int(seed, name)
+
+
+def check_max_index(max_index, name: str = "max_index") -> int:
+    """The end of an example selection (rsbook.dataset_runs.selected_indices): -1 for every example, else
+    an index >= 0 to stop before."""
+    if isinstance(max_index, bool) or not isinstance(max_index, numbers.Integral) or max_index < -1:
+        raise ValueError(f"{name} must be -1 (every example) or an index >= 0 to stop before, got {max_index!r}")
+    return int(max_index)
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """A torch device this machine has: a device string or torch.device ('cpu', 'cuda', 'cuda:1', ...);
+    a CUDA device needs torch.cuda.is_available() and, with an index, that many GPUs. Returns it parsed."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} is {device!r}, but torch sees no CUDA device on this machine "
+                             "(torch.cuda.is_available() is False): use 'cpu'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} is {device!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), numbered from 0")
+    return parsed
+
+
+def check_output_path(path, name: str, folder: bool):
+    """Where a run writes: a folder (folder=True) or a file, which must not exist as the other kind, and
+    whose nearest existing ancestor must be a folder (so that it can be created). Returns it as a Path;
+    checked before anything is written."""
+    from pathlib import Path
+
+    path = Path(path)
+    kind = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{name} must be a {kind} path, but {path} exists and is a {'file' if folder else 'folder'}")
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{name} {path} cannot be created: {ancestor} is a file, not a folder")
+            break
+    return path
+
+
+def check_choice(value, choices, name: str):
+    """One of `choices` (e.g. a dataset or architecture name); ValueError listing them otherwise."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
 
 
 def check_num_classes(num_classes, name: str = "num_classes") -> int:
@@ -115,10 +170,10 @@ def check_model(model, what: str = "attacking") -> None:
                       f"Call .eval() before {what}.", stacklevel=3)
 
 
-def check_checkpoint(checkpoint) -> None:
+def check_checkpoint(checkpoint, name: str = "checkpoint") -> None:
     """A trained checkpoint file that exists; FileNotFoundError saying how to make one otherwise (checked
     before a run writes anything)."""
     from pathlib import Path
 
     if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train it first, e.g. `rsbook train`)")
+        raise FileNotFoundError(f"{name} {checkpoint} does not exist (train it first, e.g. `rsbook train`)")

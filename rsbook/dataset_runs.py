@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from rsbook import streams
-from rsbook._checks import check_alpha, check_positive_int, check_seed
+from rsbook._checks import check_alpha, check_max_index, check_output_path, check_positive_int, check_seed
 from rsbook.logs import LogWriter, begin_log, finish_log, read_log, write_log
 from rsbook.progress import track
 from rsbook.sequential_grid import check_radii, grid_plan
@@ -34,8 +34,9 @@ __all__ = ["selected_indices", "certify_dataset", "certify_radius_dataset", "cer
 
 
 def selected_indices(length: int, skip: int = 1, max_index: int = -1) -> list[int]:
-    """Indices i < length with i % skip == 0 and, when max_index >= 0, i < max_index."""
+    """Indices i < length with i % skip == 0 and, when max_index >= 0, i < max_index (-1: no limit)."""
     skip = check_positive_int(skip, "skip")
+    max_index = check_max_index(max_index)
     stop = length if max_index < 0 else min(length, max_index)
     return list(range(0, stop, skip))
 
@@ -81,8 +82,9 @@ def _broadcast_error(error: BaseException | None, world: int) -> BaseException |
 
 def _run(kind: str, smooth: Smooth, dataset, out, parameters: dict, seed: int, skip: int, max_index: int,
          indices, progress: bool, clock, step):
-    out = Path(out)
+    out = check_output_path(out, "out", folder=False)
     seed = check_seed(seed)
+    skip, max_index = check_positive_int(skip, "skip"), check_max_index(max_index)
     chosen = selected_indices(len(dataset), skip, max_index) if indices is None else list(indices)
     identity = {**parameters, "kind": kind, "sigma": smooth.sigma, "skip": skip, "log": out.name}
     rank, world = _rank_world()
@@ -142,8 +144,11 @@ def certify_radius_dataset(smooth: Smooth, dataset, out, *, radius: float, n0: i
     """Is each selected example robust at `radius`? certify_grid_dataset with the one radius (a sequential test
     with the guarantee of CERTIFY; rsbook.sequential): `idx label predict radius correct time samples` rows,
     predict c_A and radius the requested one where certified, ABSTAIN (-1) and 0 where not."""
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius >= 0 or radius == float("inf"):
-        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    from rsbook.sequential import certify_threshold
+
+    if certify_threshold(radius, smooth.sigma) >= 1:  # checks radius too
+        raise ValueError(f"radius {radius!r} cannot be certified at sigma {smooth.sigma!r}: Phi(radius / sigma) "
+                         "rounds to 1")
     return certify_grid_dataset(smooth, dataset, out, radii=[float(radius)], n0=n0, n_max=n_max, alpha=alpha,
                                 batch_size=batch_size, method=method, stop_if_wrong=stop_if_wrong, skip=skip,
                                 max_index=max_index, seed=seed,

@@ -45,12 +45,13 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from rsbook import streams
+from rsbook._checks import check_device
 from rsbook._io import read_torch_dict, trim_epoch_rows
 from rsbook.logs import MANIFEST, begin_run, finish_manifest
 
 __all__ = ["join", "rank_world", "local_device", "per_rank_batch", "resumed_world_size", "rank_key", "epoch_loader",
            "shard", "wrap", "unwrap", "sync_buffers", "all_sum", "barrier", "on_rank_zero", "start_run", "finish_run",
-           "run_command"]
+           "run_command", "command_flags"]
 
 
 def join(device) -> bool:
@@ -223,22 +224,42 @@ def on_rank_zero(function, *args, **kwargs):
     return message[1]
 
 
-def run_command(prog: str, device, work) -> int:
+def command_flags(args, **aliases) -> dict[str, str]:
+    """{argument name: its flag} for a command's parsed arguments `args` (vars of argparse's namespace): each
+    dest as --dest-with-dashes, and `aliases` where the library's name for the value differs from the dest
+    (e.g. batch_size="--batch")."""
+    return {**{dest: "--" + dest.replace("_", "-") for dest in args}, **aliases}
+
+
+def _in_flag_terms(message: str, flags) -> str:
+    """A refusal in the command's terms: a message that opens with an argument's name (the library's
+    convention, e.g. 'batch_size must be an integer >= 1') opens with its flag instead."""
+    for name, flag in (flags or {}).items():
+        if message.startswith(name + " "):
+            return flag + message[len(name):]
+    return message
+
+
+def run_command(prog: str, device, work, flags=None) -> int:
     """A command line around `work` (a callable returning what to print, or None): run it in the process
     group joined for `device` (join; left again at the end; device None: no group), print its result on
     rank 0 and return 0; a refused input (ValueError, KeyError, FileNotFoundError, ConnectionError, raised
-    by `work` on any rank) prints one line `<prog>: error: <message>` on standard error and returns 2."""
+    by `work` on any rank, or a `device` this machine lacks: the command's --device, checked first) prints
+    one line `<prog>: error: <message>` on standard error and returns 2. `flags` ({argument name: flag},
+    command_flags) makes a message that names an argument name its flag."""
     import sys
 
     joined = False
     try:
+        if device is not None:
+            check_device(device, "--device")
         joined = device is not None and join(device)
         result = work()
         if result is not None and rank_world()[0] == 0:
             print(result)
     except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {_in_flag_terms(str(message), flags)}", file=sys.stderr)
         return 2
     finally:
         if joined:

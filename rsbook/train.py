@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rsbook import distributed, streams
-from rsbook._checks import check_positive_int, check_seed, check_sigma
+from rsbook._checks import check_nonnegative_int, check_output_path, check_positive_int, check_seed, check_sigma
 from rsbook._io import append_epoch_row
 from rsbook.data import load_dataset, num_classes
 from rsbook.logs import run_folder
@@ -175,6 +175,9 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int | None, out, *, 
     of processes), a run with epochs left is resumed only by K processes (else ValueError), and a
     run interrupted and resumed with the same K ends with the weights of an uninterrupted one (on
     deterministic kernels). A CUDA `device` means each rank's own GPU, cuda:LOCAL_RANK.
+
+    Every argument is checked before the run folder is begun: a refused one (ValueError naming it) leaves
+    nothing behind.
     """
     noise_sd = float(noise_sd)
     if noise_sd != 0:
@@ -183,11 +186,12 @@ def train(dataset: str, arch: str, noise_sd: float, epochs: int | None, out, *, 
                                  momentum=momentum, weight_decay=weight_decay, lr_step=lr_step, gamma=gamma)
     epochs, batch_size = settings["epochs"], settings["batch_size"]
     seed = check_seed(seed)
+    workers = check_nonnegative_int(workers, "workers")
+    out = check_output_path(out, "out", folder=True)
     rank, world = distributed.rank_world()
     distributed.per_rank_batch(batch_size, world)
     device = distributed.local_device(device)
     show = progress and rank == 0
-    out = Path(out)
     classes = num_classes(dataset)
     train_set = load_dataset(dataset, "train", augment=True)
     test_set = load_dataset(dataset, "test") if evaluate else None

@@ -158,5 +158,5 @@ def test_two_processes_refuse_a_missing_checkpoint_and_write_nothing(tmp_path):
     result = subprocess.run(TORCHRUN + ["-m", MODULE, "--", *_argv(tmp_path / "missing.pt", tmp_path / "root")],
                             env=_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "rsbook.ancer certify-image: error: checkpoint" in result.stderr
+    assert "rsbook.ancer certify-image: error: --checkpoint" in result.stderr
     assert not (tmp_path / "root").exists()

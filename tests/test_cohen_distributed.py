@@ -213,5 +213,5 @@ def test_two_processes_refuse_a_missing_checkpoint_and_write_nothing(tmp_path):
     result = subprocess.run(TORCHRUN + ["-m", MODULE, "--", *_topk_argv(tmp_path / "missing.pt", tmp_path / "root")],
                             env=_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "rsbook.cohen topk: error: checkpoint" in result.stderr
+    assert "rsbook.cohen topk: error: --checkpoint" in result.stderr
     assert not (tmp_path / "root").exists()

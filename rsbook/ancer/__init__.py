@@ -7,6 +7,7 @@ ellipsoid (thesis eq. 3.12, 4.4), and because sigma depends on x, certificates o
 must be reconciled (Algorithm 1).
 
     anisotropic  sigma optimisation (DDS, ANCER, RANCER) and anisotropic CERTIFY
+    outputs      what the model returns (outputs="logits" or "probabilities"): no softmax applied twice
     metrics      certified accuracy by radius or proxy radius, ACR, ARI (Sec. 5.2)
     curvature    the Hessian's eigenvectors U (exact, or Lanczos on Hessian-vector products), `Rotation`
     ellipsoids   intersection test and projection distance of ellipsoids (eq. 3.16, 4.9, 4.10)

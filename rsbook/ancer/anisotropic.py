@@ -24,7 +24,16 @@ Optimisation per input (each returns an `Optimization` with the parameters and a
                        the Hessian of the loss (rsbook.ancer.curvature), and sigma clipping (eq. 4.8) into
                        [sigma_iso (1 - lambda_1), sigma_iso (1 + lambda_2)] applied in place after every step
 E_A, E_B are the two largest Monte Carlo averages of the softmax over `num_samples` noisy copies,
-clamped to [clip, 1 - clip] before Phi^-1 as in the authors' code.
+clamped to [clip, 1 - clip] before Phi^-1 as in the authors' code. The softmax is applied to logits only:
+every optimiser takes outputs="logits" (default) or "probabilities" (a model that ends in a softmax, as the
+DDS/ANCER authors' released CIFAR-10 ResNet-18 does) and refuses a batch that contradicts it
+(rsbook.ancer.outputs), so that no model is smoothed through two softmaxes. `check_options` checks an
+optimiser's keyword arguments without a model (what the pipeline does before it begins a run folder).
+
+What the certificates need of the model: eval mode (the optimisers refuse a module in training mode; CERTIFY
+certifies f as it runs), inputs in the units sigma is measured in (this project's models take [0, 1] pixels
+and normalise inside), and, for the optimisers, outputs as declared by `outputs`. CERTIFY counts argmax f,
+which a final softmax leaves alone.
 
 Because sigma depends on x, these certificates are sound only after memory-based certification
 (Algorithm 1, rsbook.ancer.memory). The metrics of Sec. 5.2 are in rsbook.ancer.metrics; the whole
@@ -33,6 +42,7 @@ public API of the document is importable from rsbook.ancer.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -49,12 +59,14 @@ from rsbook._checks import (
     check_sigma,
 )
 from rsbook.ancer.curvature import Rotation, safe_directions
+from rsbook.ancer.outputs import OUTPUTS, check_outputs, to_probabilities
 from rsbook.bounds import certified_gap
 from rsbook.smooth import ABSTAIN
 from rsbook.stats import clopper_pearson_lower
 
-__all__ = ["ABSTAIN", "TRACE_QUANTITIES", "Optimization", "Certificate", "optimize_isotropic", "optimize_ancer",
-           "optimize_rancer", "sample_noise", "smoothed_probabilities", "proxy_gap", "volume_objective", "certify"]
+__all__ = ["ABSTAIN", "OUTPUTS", "TRACE_QUANTITIES", "Optimization", "Certificate", "optimize_isotropic",
+           "optimize_ancer", "optimize_rancer", "check_options", "sample_noise", "smoothed_probabilities", "proxy_gap",
+           "volume_objective", "certify"]
 
 TRACE_QUANTITIES = ("gap", "geometric_mean", "log_volume", "min_sigma", "proxy_radius", "radius", "objective")
 
@@ -137,13 +149,14 @@ def sample_noise(eps: torch.Tensor, sigma: torch.Tensor, rotation: Rotation | No
     return eps * sigma.unsqueeze(1)
 
 
-def smoothed_probabilities(model, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """psi(x) = mean over the S noise draws of softmax(model(x + noise)): shape (B, K) for x of shape
-    (B, *input_shape) and noise (B, S, *input_shape) (Algorithm 2's psi). The model's outputs are
-    treated as logits (log-probabilities are logits too)."""
+def smoothed_probabilities(model, x: torch.Tensor, noise: torch.Tensor, outputs: str = "logits") -> torch.Tensor:
+    """psi(x) = mean over the S noise draws of the class probabilities of model(x + noise): shape (B, K) for
+    x of shape (B, *input_shape) and noise (B, S, *input_shape) (Algorithm 2's psi). outputs: 'logits'
+    (softmax applied; log-probabilities are logits too) or 'probabilities' (used as they are); a batch that
+    contradicts it raises ValueError naming the argument (rsbook.ancer.outputs.to_probabilities)."""
     batch, samples = noise.shape[:2]
-    logits = model((x.unsqueeze(1) + noise).reshape(batch * samples, *x.shape[1:]))
-    return torch.softmax(logits, dim=1).reshape(batch, samples, -1).mean(dim=1)
+    raw = model((x.unsqueeze(1) + noise).reshape(batch * samples, *x.shape[1:]))
+    return to_probabilities(raw, outputs).reshape(batch, samples, -1).mean(dim=1)
 
 
 def proxy_gap(probabilities: torch.Tensor, clip: float = 0.001) -> torch.Tensor:
@@ -175,13 +188,52 @@ def _finish_trace(trace: dict) -> dict:
     return {name: torch.stack(values) for name, values in trace.items()}
 
 
-def _check_common(iterations, learning_rate, num_samples, clip):
+def _check_settings(*, iterations, learning_rate, num_samples, clip, outputs, kappa=None, min_sigma=None,
+                    clip_sigma=None, rank=None, exact_limit=None, lanczos_steps=None):
+    """The optimisers' settings (each optimiser passes those it has; None: not one of its settings)."""
     check_positive_int(iterations, "iterations")
     check_positive_int(num_samples, "num_samples")
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate > 0:
         raise ValueError(f"learning_rate must be a number > 0, got {learning_rate!r}")
-    if not 0 < clip < 0.5:
+    if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not 0 < clip < 0.5:
         raise ValueError(f"clip must lie in (0, 0.5), got {clip!r}")
+    check_outputs(outputs)
+    if kappa is not None and (isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not kappa >= 0):
+        raise ValueError(f"kappa must be a number >= 0, got {kappa!r}")
+    if min_sigma is not None:
+        check_sigma(min_sigma, "min_sigma")
+    if clip_sigma is not None:
+        try:
+            lambda_1, lambda_2 = clip_sigma
+            valid = 0 <= lambda_1 < 1 and lambda_2 >= 0
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"clip_sigma must be (lambda_1, lambda_2) with 0 <= lambda_1 < 1 and lambda_2 >= 0, "
+                             f"got {clip_sigma!r}")
+    for name, value in (("rank", rank), ("exact_limit", exact_limit), ("lanczos_steps", lanczos_steps)):
+        if value is not None:
+            check_positive_int(value, name)
+
+
+def check_options(method: str, options: dict) -> None:
+    """Check `options`, the keyword arguments of the optimiser of `method` ('Isotropic': optimize_isotropic,
+    'ANCER': optimize_ancer, 'RANCER': optimize_rancer) other than the model, inputs, initial sigma and
+    generator, without running it: an unknown or missing name and every bad value raise ValueError naming
+    it, as the optimiser itself would. rsbook.ancer.pipeline.run_methods checks its settings so before it
+    begins a run folder."""
+    optimizers = {"Isotropic": optimize_isotropic, "ANCER": optimize_ancer, "RANCER": optimize_rancer}
+    if method not in optimizers:
+        raise ValueError(f"method must be one of {list(optimizers)}, got {method!r}")
+    parameters = inspect.signature(optimizers[method]).parameters
+    settable = [name for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY and name not in
+                ("generator", "rotation")]
+    unknown = sorted(set(options) - set(settable))
+    missing = [name for name in settable if parameters[name].default is inspect.Parameter.empty and name not in options]
+    if unknown or missing:
+        raise ValueError(f"{method} settings take {settable}" + (f"; unknown {unknown}" if unknown else "")
+                         + (f"; missing {missing}" if missing else ""))
+    _check_settings(**{name: options.get(name, parameters[name].default) for name in settable})
 
 
 def _check_eval(model):
@@ -198,14 +250,18 @@ def _check_eval(model):
 
 
 def optimize_isotropic(model, x, sigma0, *, iterations: int, learning_rate: float, num_samples: int,
-                       generator=None, clip: float = 0.001, min_sigma: float = 1e-4) -> Optimization:
+                       generator=None, clip: float = 0.001, min_sigma: float = 1e-4,
+                       outputs: str = "logits") -> Optimization:
     """DDS (Alfarra et al.; thesis eq. 3.6-3.7): per input, K = `iterations` steps of gradient ascent
     sigma <- sigma + learning_rate * d/dsigma [sigma/2 (Phi^-1(E_A) - Phi^-1(E_B))], the expectations
     estimated with `num_samples` reparametrised draws x + sigma eps per step (fresh each step, from
     `generator`). x: (B, *input_shape); sigma0: initial sigma (number or (B,)). sigma is kept
-    >= min_sigma. Returns sigma of shape (B,) and the trace (the objective is the isotropic radius).
+    >= min_sigma. outputs: what the model returns, 'logits' (default) or 'probabilities' (a model ending
+    in a softmax); a batch that contradicts it is refused (rsbook.ancer.outputs). Returns sigma of shape
+    (B,) and the trace (the objective is the isotropic radius).
     """
-    _check_common(iterations, learning_rate, num_samples, clip)
+    _check_settings(iterations=iterations, learning_rate=learning_rate, num_samples=num_samples, clip=clip,
+                    outputs=outputs, min_sigma=min_sigma)
     model = _check_eval(model)
     x = _batch(x)
     check_generator(generator, x.device)
@@ -213,7 +269,7 @@ def optimize_isotropic(model, x, sigma0, *, iterations: int, learning_rate: floa
     trace: dict = {}
     for _ in range(iterations):
         eps = torch.randn((len(x), num_samples, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
-        gap = proxy_gap(smoothed_probabilities(model, x, sample_noise(eps, sigma)), clip)
+        gap = proxy_gap(smoothed_probabilities(model, x, sample_noise(eps, sigma), outputs), clip)
         radius = sigma * gap
         (grad,) = torch.autograd.grad(radius.sum(), sigma)
         values = volume_objective(gap, sigma[:, None].expand(-1, x[0].numel()), 0.0)  # the ball's sigma per axis
@@ -226,7 +282,7 @@ def optimize_isotropic(model, x, sigma0, *, iterations: int, learning_rate: floa
 
 
 def _optimize_volume(model, x, theta, lower, upper, rotation, *, iterations, learning_rate, num_samples, kappa,
-                     generator, clip) -> tuple[torch.Tensor, dict]:
+                     generator, clip, outputs) -> tuple[torch.Tensor, dict]:
     """Adam on theta (a leaf tensor) maximising volume_objective with noise sample_noise(eps, theta,
     rotation); after every step theta is projected in place onto [lower, upper]."""
     theta.requires_grad_(True)
@@ -234,7 +290,7 @@ def _optimize_volume(model, x, theta, lower, upper, rotation, *, iterations, lea
     trace: dict = {}
     for _ in range(iterations):
         eps = torch.randn((len(x), num_samples, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
-        gap = proxy_gap(smoothed_probabilities(model, x, sample_noise(eps, theta, rotation)), clip)
+        gap = proxy_gap(smoothed_probabilities(model, x, sample_noise(eps, theta, rotation), outputs), clip)
         values = volume_objective(gap, theta, kappa)
         _record(trace, values)
         (grad,) = torch.autograd.grad(-values["objective"].sum(), theta)
@@ -245,22 +301,18 @@ def _optimize_volume(model, x, theta, lower, upper, rotation, *, iterations, lea
     return theta.detach(), _finish_trace(trace)
 
 
-def _check_kappa(kappa):
-    if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not kappa >= 0:
-        raise ValueError(f"kappa must be a number >= 0, got {kappa!r}")
-
-
 def optimize_ancer(model, x, sigma_iso, *, iterations: int, learning_rate: float, num_samples: int,
-                   kappa: float = 2.0, generator=None, clip: float = 0.001) -> Optimization:
+                   kappa: float = 2.0, generator=None, clip: float = 0.001, outputs: str = "logits") -> Optimization:
     """ANCER (Eiras et al.; thesis eq. 3.15): per input a diagonal Theta (one sigma per input
     coordinate), initialised at the isotropic sigma_iso (number or (B,), e.g. DDS's result),
     maximising the proxy radius gap * (prod theta)^(1/d) + kappa * min(theta) * gap with Adam
     (`learning_rate`), `num_samples` fresh draws per step, and after every step the projection
     theta >= theta_iso (which keeps min(theta) * gap from falling below the isotropic radius as far
-    as the gap holds). Returns sigma of shape (B, *input_shape) and the trace.
+    as the gap holds). outputs: 'logits' (default) or 'probabilities', as in optimize_isotropic. Returns
+    sigma of shape (B, *input_shape) and the trace.
     """
-    _check_common(iterations, learning_rate, num_samples, clip)
-    _check_kappa(kappa)
+    _check_settings(iterations=iterations, learning_rate=learning_rate, num_samples=num_samples, clip=clip,
+                    outputs=outputs, kappa=kappa)
     model = _check_eval(model)
     x = _batch(x)
     check_generator(generator, x.device)
@@ -269,14 +321,14 @@ def optimize_ancer(model, x, sigma_iso, *, iterations: int, learning_rate: float
     lower, upper = theta.clone(), torch.full_like(theta, math.inf)
     sigma, trace = _optimize_volume(model, x, theta, lower, upper, None, iterations=iterations,
                                     learning_rate=learning_rate, num_samples=num_samples, kappa=kappa,
-                                    generator=generator, clip=clip)
+                                    generator=generator, clip=clip, outputs=outputs)
     return Optimization(sigma, trace=trace)
 
 
 def optimize_rancer(model, x, sigma_iso, *, iterations: int, learning_rate: float, num_samples: int,
                     kappa: float = 2.0, clip_sigma=(0.15, 0.15), rotation: Rotation | None = None,
                     rank: int | None = None, exact_limit: int = 1024, lanczos_steps: int | None = None,
-                    generator=None, clip: float = 0.001) -> Optimization:
+                    generator=None, clip: float = 0.001, outputs: str = "logits") -> Optimization:
     """RANCER (thesis Sec. 4, Algorithm 2): noise U (theta * eps) with U the eigenvectors of the
     Hessian of the loss at x (rsbook.ancer.curvature.safe_directions: exact for d <= exact_limit when
     rank is None, else Lanczos for the `rank` leading directions completed to an orthonormal basis;
@@ -285,15 +337,14 @@ def optimize_rancer(model, x, sigma_iso, *, iterations: int, learning_rate: floa
     theta <- min(max(theta, sigma_iso (1 - lambda_1)), sigma_iso (1 + lambda_2)), clip_sigma =
     (lambda_1, lambda_2), is applied in place to the optimiser's own parameter (lambda_1 = 0 is
     ANCER's projection; lambda_2 = inf removes the upper bound). The default (0.15, 0.15) is the
-    band [0.85, 1.15] x sigma_iso of the authors' code. Returns sigma (B, d), the rotation, the
-    Hessian eigenvalues and the trace.
+    band [0.85, 1.15] x sigma_iso of the authors' code. outputs: 'logits' (default) or 'probabilities',
+    as in optimize_isotropic, for the smoothing and the Hessian's loss alike. Returns sigma (B, d), the
+    rotation, the Hessian eigenvalues and the trace.
     """
-    _check_common(iterations, learning_rate, num_samples, clip)
-    _check_kappa(kappa)
+    _check_settings(iterations=iterations, learning_rate=learning_rate, num_samples=num_samples, clip=clip,
+                    outputs=outputs, kappa=kappa, clip_sigma=clip_sigma, rank=rank, exact_limit=exact_limit,
+                    lanczos_steps=lanczos_steps)
     lambda_1, lambda_2 = clip_sigma
-    if not (0 <= lambda_1 < 1 and lambda_2 >= 0):
-        raise ValueError(f"clip_sigma must be (lambda_1, lambda_2) with 0 <= lambda_1 < 1 and lambda_2 >= 0, "
-                         f"got {clip_sigma!r}")
     model = _check_eval(model)
     x = _batch(x)
     check_generator(generator, x.device)
@@ -302,7 +353,7 @@ def optimize_rancer(model, x, sigma_iso, *, iterations: int, learning_rate: floa
     eigenvalues = None
     if rotation is None:
         rotation, eigenvalues = safe_directions(model, x, rank, exact_limit=exact_limit, steps=lanczos_steps,
-                                                generator=generator)
+                                                generator=generator, outputs=outputs)
     elif rotation.batch_shape != (len(x),) or rotation.dim != dim:
         raise ValueError(f"rotation must be a batch of {len(x)} rotations of dimension {dim}, got batch "
                          f"{rotation.batch_shape} of dimension {rotation.dim}")
@@ -311,7 +362,7 @@ def optimize_rancer(model, x, sigma_iso, *, iterations: int, learning_rate: floa
     lower, upper = theta * (1 - lambda_1), theta * (1 + lambda_2)
     sigma, trace = _optimize_volume(model, x, theta, lower, upper, rotation, iterations=iterations,
                                     learning_rate=learning_rate, num_samples=num_samples, kappa=kappa,
-                                    generator=generator, clip=clip)
+                                    generator=generator, clip=clip, outputs=outputs)
     return Optimization(sigma, rotation=rotation, eigenvalues=eigenvalues, trace=trace)
 
 
@@ -363,7 +414,8 @@ def certify(model, x, sigma, rotation: Rotation | None = None, *, num_classes: i
     proxy_radius = gap * geometric mean of sigma: the radius of the ball of equal volume, a size,
     not an l2 certificate. generator draws the n0 selection samples and estimate_generator the n
     estimation samples (None: they continue the selection stream). sigma must not have been chosen
-    with these draws (rsbook.streams gives optimisation its own stream).
+    with these draws (rsbook.streams gives optimisation its own stream). Only the argmax of the model's
+    outputs is counted, so logits and probabilities (a final softmax) certify alike: no `outputs` here.
     """
     check_num_classes(num_classes)
     check_positive_int(n0, "n0")

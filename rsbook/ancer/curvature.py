@@ -19,6 +19,7 @@ import numbers
 import torch
 
 from rsbook._checks import check_positive_int
+from rsbook.ancer.outputs import check_outputs, to_log_probabilities
 
 __all__ = ["Rotation", "loss_hessian", "hessian_vector_product", "lanczos", "safe_directions"]
 
@@ -138,9 +139,12 @@ class Rotation:
         return Rotation(self.reflectors.to(device), self.tau.to(device), self.signs.to(device))
 
 
-def _loss_fn(model, label: int):
+def _loss_fn(model, label: int, outputs: str = "logits"):
+    """The cross-entropy loss of the class `label` at one point, the model's outputs read as `outputs`
+    (rsbook.ancer.outputs: 'logits' or 'probabilities', checked)."""
     def loss(point):
-        return torch.nn.functional.cross_entropy(model(point.unsqueeze(0)), torch.tensor([label], device=point.device))
+        log_p = to_log_probabilities(model(point.unsqueeze(0)), outputs)
+        return torch.nn.functional.nll_loss(log_p, torch.tensor([label], device=point.device))
     return loss
 
 
@@ -153,24 +157,26 @@ def _label(model, x: torch.Tensor, label) -> int:
     return int(label)
 
 
-def loss_hessian(model, x, label=None) -> torch.Tensor:
+def loss_hessian(model, x, label=None, outputs: str = "logits") -> torch.Tensor:
     """The exact Hessian of the cross-entropy loss at one input x w.r.t. x (thesis eq. 4.7), shape
-    (d, d) with d = x.numel(); `label` defaults to the base classifier's prediction at x."""
+    (d, d) with d = x.numel(); `label` defaults to the base classifier's prediction at x. outputs: what
+    the model returns, 'logits' or 'probabilities' (rsbook.ancer.outputs)."""
     x = torch.as_tensor(x)
     label = _label(model, x, label)
     flat = x.detach().reshape(-1).clone()
-    loss = _loss_fn(model, label)
+    loss = _loss_fn(model, label, outputs)
     hessian = torch.autograd.functional.hessian(lambda v: loss(v.reshape(x.shape)), flat, vectorize=True)
     return 0.5 * (hessian + hessian.T)
 
 
-def hessian_vector_product(model, x, label=None):
+def hessian_vector_product(model, x, label=None, outputs: str = "logits"):
     """A function v -> H v (v of shape (d,)) for the Hessian of the cross-entropy loss at x, by
-    double back-propagation; never forms H. `label` defaults to the base prediction at x."""
+    double back-propagation; never forms H. `label` defaults to the base prediction at x; outputs as in
+    loss_hessian."""
     x = torch.as_tensor(x)
     label = _label(model, x, label)
     point = x.detach().clone().requires_grad_(True)
-    loss = _loss_fn(model, label)(point)
+    loss = _loss_fn(model, label, outputs)(point)
     (grad,) = torch.autograd.grad(loss, point, create_graph=True)
     grad = grad.reshape(-1)
 
@@ -239,7 +245,7 @@ def lanczos(matvec, dim: int, k: int, steps: int | None = None, generator=None, 
 
 
 def safe_directions(model, x, rank: int | None = None, *, exact_limit: int = 1024, steps: int | None = None,
-                    generator=None, labels=None) -> tuple[Rotation, torch.Tensor]:
+                    generator=None, labels=None, outputs: str = "logits") -> tuple[Rotation, torch.Tensor]:
     """RANCER's rotation at each input of the batch x (shape (B, *input_shape)): the eigenvectors of
     the Hessian of the loss (Sec. 4.2, Algorithm 2).
 
@@ -247,9 +253,12 @@ def safe_directions(model, x, rank: int | None = None, *, exact_limit: int = 102
     d <= exact_limit (a dense d x d Hessian is never built for image-sized inputs by default).
     rank k < d: the k leading eigenvectors (largest |eigenvalue|) by Lanczos on Hessian-vector
     products (`steps` Krylov vectors, start vectors from `generator`), completed to an orthonormal
-    basis. labels: the classes whose loss is used (default: the base predictions).
+    basis. labels: the classes whose loss is used (default: the base predictions). outputs: what the
+    model returns, 'logits' (default) or 'probabilities' (rsbook.ancer.outputs; a softmax-ending model read
+    as logits is refused, not differentiated through a second softmax).
     Returns (Rotation with batch shape (B,), eigenvalues of shape (B, k)).
     """
+    check_outputs(outputs)
     x = torch.as_tensor(x)
     if x.dim() < 2:
         raise ValueError(f"x must be a batch of shape (B, *input_shape), got shape {tuple(x.shape)}")
@@ -266,12 +275,12 @@ def safe_directions(model, x, rank: int | None = None, *, exact_limit: int = 102
     for i in range(len(x)):
         label = None if labels is None else int(labels[i])
         if rank == dim and dim <= exact_limit:
-            hessian = loss_hessian(model, x[i], label).to(torch.float64)
+            hessian = loss_hessian(model, x[i], label, outputs).to(torch.float64)
             values, vectors = torch.linalg.eigh(hessian)
             order = torch.argsort(values.abs(), descending=True)
             values, vectors = values[order], vectors[:, order]
         else:
-            values, vectors = lanczos(hessian_vector_product(model, x[i], label), dim, rank, steps=steps,
+            values, vectors = lanczos(hessian_vector_product(model, x[i], label, outputs), dim, rank, steps=steps,
                                       generator=generator, device=x.device)
         rotations.append(Rotation.from_basis(vectors.to(torch.float64)))  # applied in the dtype of the noise
         eigenvalues.append(values)

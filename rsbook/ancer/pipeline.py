@@ -48,11 +48,20 @@ import pandas as pd
 import torch
 
 from rsbook import distributed, streams
-from rsbook._checks import check_checkpoint
+from rsbook._checks import (
+    check_alpha,
+    check_checkpoint,
+    check_num_classes,
+    check_output_path,
+    check_positive_int,
+    check_seed,
+    check_sigma,
+)
 from rsbook._io import atomic_write
 from rsbook.ancer.anisotropic import (
     ABSTAIN,
     certify,
+    check_options,
     optimize_ancer,
     optimize_isotropic,
     optimize_rancer,
@@ -89,8 +98,7 @@ def cpu_threads(count: int | None):
     if count is None:
         yield
         return
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"num_threads must be None or an integer >= 1, got {count!r}")
+    check_positive_int(count, "num_threads")
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -225,6 +233,29 @@ def _parameters(model_id: str, num_classes: int, indices, labels, *, fixed_sigma
     return settings, parameters
 
 
+def _check_run(root, label, methods, *, num_classes, fixed_sigma, sigma0, iso, ancer, rancer, n0, n, alpha,
+               batch_size, chunk_size, seed, num_threads) -> None:
+    """run_methods's arguments, checked before its run folder is begun (ValueError naming the bad one)."""
+    check_output_path(root, "root", folder=True)
+    if not isinstance(label, str) or label in ("", ".", "..") or Path(label).name != label:
+        raise ValueError(f"label must be a plain name for the run folder (no path separators), got {label!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got {list(methods)!r}")
+    check_num_classes(num_classes)
+    check_sigma(fixed_sigma, "fixed_sigma"), check_sigma(sigma0, "sigma0")
+    for name, method, options in (("iso", "Isotropic", iso), ("ancer", "ANCER", ancer), ("rancer", "RANCER", rancer)):
+        if method in methods:
+            try:
+                check_options(method, dict(options))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{name}, the {method} optimiser's settings: {err}") from None
+    check_positive_int(n0, "n0"), check_positive_int(n, "n"), check_alpha(alpha)
+    check_positive_int(batch_size, "batch_size"), check_positive_int(chunk_size, "chunk_size"), check_seed(seed)
+    if num_threads is not None:
+        check_positive_int(num_threads, "num_threads")
+
+
 def run_methods(root, label: str, model, inputs, labels, *, num_classes: int, fixed_sigma: float, sigma0: float,
                 iso: dict, ancer: dict, rancer: dict, n0: int, n: int, alpha: float, batch_size: int,
                 indices=None, chunk_size: int = 64, seed: int = 0, methods=METHODS, model_id: str = "",
@@ -243,7 +274,12 @@ def run_methods(root, label: str, model, inputs, labels, *, num_classes: int, fi
     Under a torch.distributed process group every rank calls it with the same arguments and gets the
     chunks pending[rank::world] (see the module docstring; a CUDA device is the rank's own GPU,
     rsbook.distributed.local_device); every rank returns once the folded tables are on disk.
+    Every argument (each optimiser's settings included: anisotropic.check_options) is checked before the
+    run folder is begun: a refused one (ValueError naming it) leaves nothing behind.
     """
+    _check_run(root, label, list(methods), num_classes=num_classes, fixed_sigma=fixed_sigma, sigma0=sigma0, iso=iso,
+               ancer=ancer, rancer=rancer, n0=n0, n=n, alpha=alpha, batch_size=batch_size, chunk_size=chunk_size,
+               seed=seed, num_threads=num_threads)
     device = distributed.local_device(device)
     methods = [m for m in METHODS if m in methods]
     if any(m in methods for m in ("ANCER", "RANCER")) and "Isotropic" not in methods:
@@ -496,6 +532,7 @@ def image_examples(checkpoint, dataset: str, arch: str | None, num_examples: int
     from rsbook.data import num_classes
     from rsbook.models import load_checkpoint
 
+    check_positive_int(num_examples, "num_examples"), check_seed(seed)
     check_checkpoint(checkpoint)
     model, _ = load_checkpoint(checkpoint, num_classes(dataset), arch=arch, device=device, dataset=dataset)
     data, indices = _draw_examples(dataset, num_examples, seed)
@@ -639,16 +676,18 @@ def main(argv=None) -> int:
     rsbook.ancer.pipeline -- certify-image ...` the processes join a process group
     (rsbook.distributed.join; gloo on the CPU, NCCL with cuda:LOCAL_RANK per process) and share the
     chunks (run_methods). A refused input (a missing checkpoint, bad --settings) exits with status 2 and
-    one line `rsbook.ancer certify-image: error: ...` on standard error, having written nothing."""
+    one line `rsbook.ancer certify-image: error: ...` on standard error (naming the flag, or the key of
+    --settings), having written nothing."""
     args = vars(_command_parser().parse_args(argv))
     command = args.pop("command")
+    flags = distributed.command_flags(args, **{key: f"{key} (in --settings)" for key in IMAGE_SETTINGS})
 
     def work():
         settings = _image_settings(args.pop("settings"))
         return certify_image(args.pop("checkpoint"), args.pop("dataset"), args.pop("num_examples"), settings,
                              **args).folder
 
-    return distributed.run_command(f"rsbook.ancer {command}", args["device"], work)
+    return distributed.run_command(f"rsbook.ancer {command}", args["device"], work, flags)
 
 
 if __name__ == "__main__":

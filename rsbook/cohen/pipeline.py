@@ -23,7 +23,14 @@ from pathlib import Path
 import pandas as pd
 
 from rsbook import distributed, streams
-from rsbook._checks import check_alpha, check_checkpoint, check_clip, check_positive_int
+from rsbook._checks import (
+    check_alpha,
+    check_checkpoint,
+    check_clip,
+    check_output_path,
+    check_positive_int,
+    check_seed,
+)
 from rsbook.analysis import certified_accuracy
 from rsbook.cohen.attacks import ATTACK_COLUMNS, _check_multipliers, attack_certify_log
 from rsbook.cohen.topk import certify_topk
@@ -158,12 +165,13 @@ def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alph
     appended per example (its rows for every k together) to a run folder (topk_folder). Under a
     torch.distributed process group the examples are shared among the ranks (_sharded_results); the
     streams are the example's, so the rows are those of one process.
-    Returns a frame with columns idx, label, k, radius (0 where not certified)."""
+    Returns a frame with columns idx, label, k, radius (0 where not certified). Every argument is checked
+    before the run folder is begun."""
     ks = [check_positive_int(k, "ks") for k in ks]
     if not ks or len(set(ks)) != len(ks):
         raise ValueError(f"ks must be distinct positive integers, got {ks!r}")
     check_positive_int(n, "n"), check_alpha(alpha), check_positive_int(batch_size, "batch_size")
-    check_positive_int(skip, "skip")
+    check_positive_int(skip, "skip"), check_seed(seed), check_output_path(root, "root", folder=True)
     check_checkpoint(checkpoint)
     device = distributed.local_device(device) if distributed.rank_world()[1] > 1 else device
     parameters = _topk_parameters(dataset, checkpoint, sigma, ks, n, alpha, batch_size, skip, split)
@@ -209,10 +217,11 @@ def attack_runs(root, dataset: str, checkpoint, sigma: float, certify_log: pd.Da
     idx; rsbook.cohen.attacks.attack_certify_log). Resumable: results are appended per example (its
     rows for every multiplier together) to a run folder (attack_folder). Under a torch.distributed
     process group the examples are shared among the ranks (_sharded_results).
-    Returns rsbook.attacks.ATTACK_COLUMNS rows."""
+    Returns rsbook.attacks.ATTACK_COLUMNS rows. Every argument is checked before the run folder is begun."""
     checked = _check_multipliers(multipliers)
     check_positive_int(n_predict, "n_predict"), check_alpha(alpha), check_positive_int(batch_size, "batch_size")
     check_positive_int(steps, "steps"), check_positive_int(num_noise, "num_noise"), check_clip(clip)
+    check_seed(seed), check_output_path(root, "root", folder=True)
     if max_examples is not None:
         check_positive_int(max_examples, "max_examples")
     missing = [c for c in ("idx", "label", "radius", "correct") if c not in getattr(certify_log, "columns", ())]
@@ -305,9 +314,11 @@ def main(argv=None) -> int:
     folder. Under `torchrun --nproc_per_node=K -m rsbook.cohen.pipeline -- topk|attack ...` the processes
     join a process group (rsbook.distributed.join; gloo on the CPU, NCCL with cuda:LOCAL_RANK per
     process) and share the examples. A refused input (a missing checkpoint or log, a bad value) exits
-    with status 2 and one line `rsbook.cohen topk: error: ...` on standard error, having written nothing."""
+    with status 2 and one line `rsbook.cohen topk: error: ...` on standard error naming the flag, having
+    written nothing."""
     args = vars(_command_parser().parse_args(argv))
     command = args.pop("command")
+    flags = distributed.command_flags(args, batch_size="--batch")
 
     def work():
         root, dataset, checkpoint = args.pop("root"), args.pop("dataset"), args.pop("checkpoint")
@@ -327,7 +338,7 @@ def main(argv=None) -> int:
                              alpha=args["alpha"], batch_size=args["batch_size"], steps=args["steps"],
                              num_noise=args["num_noise"], clip=clip)
 
-    return distributed.run_command(f"rsbook.cohen {command}", args["device"], work)
+    return distributed.run_command(f"rsbook.cohen {command}", args["device"], work, flags)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from rsbook import distributed, streams
-from rsbook._checks import check_positive_int, check_seed, check_sigma
+from rsbook._checks import (
+    check_alpha,
+    check_clip,
+    check_finite_real,
+    check_nonnegative_int,
+    check_output_path,
+    check_positive_int,
+    check_seed,
+    check_sigma,
+)
 from rsbook._io import append_epoch_row, atomic_write, read_torch_dict
 from rsbook.analysis import certified_accuracy
 from rsbook.attacks import pgd
 from rsbook.data import input_shape, load_dataset, num_classes
 from rsbook.dataset_runs import selected_indices
 from rsbook.fars.certify import (
+    BOUNDS,
     FaRS,
     SmoothedSparsemaxModel,
     SparsemaxSmooth,
@@ -182,16 +192,21 @@ def train_fars(dataset: str, out, *, backbone: dict | None = None, hidden=(), ep
     number for the same weights), rank 0 writes the checkpoint (the single-process format, read by
     load_fars), the log and the manifest, which records K (a run with epochs left is resumed only by
     K processes), and a resumed run with the same K ends with the weights of an uninterrupted one.
+
+    Every argument is checked before the run folder is begun: a refused one (ValueError naming it) leaves
+    nothing behind.
     """
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     seed = check_seed(seed)
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_finite_real(lr, "lr", minimum=0, strict=True)
+    check_finite_real(weight_decay, "weight_decay", minimum=0, strict=False)
+    check_finite_real(margin, "margin", minimum=0, strict=False)
     if margin_mode not in ("pairwise", "constant"):
         raise ValueError(f"margin_mode must be 'pairwise' or 'constant', got {margin_mode!r}")
-    if not logit_scale > 0:
-        raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
+    check_finite_real(logit_scale, "logit_scale", minimum=0, strict=True)
+    workers = check_nonnegative_int(workers, "workers")
+    check_output_path(out, "out", folder=True)
     embedding_noise = float(embedding_noise)
     if embedding_noise != 0:
         check_sigma(embedding_noise, "embedding_noise")
@@ -328,11 +343,13 @@ def main(argv=None) -> int:
     --kebab-case flags; --backbone as JSON]`: train_fars from the command line, printing the checkpoint
     path. Under `torchrun --nproc_per_node=K -m rsbook.fars.pipeline -- train ...` the processes join a
     process group (rsbook.distributed.join) and train data parallel. A refused input exits with status
-    2 and one line `rsbook.fars train: error: ...` on standard error from each process."""
+    2 and one line `rsbook.fars train: error: ...` naming the flag on standard error from each process,
+    having written nothing."""
     import json
 
     args = vars(_command_parser().parse_args(argv))
     args.pop("command")
+    flags = distributed.command_flags(args)
 
     def work():
         text = args.pop("backbone")
@@ -345,7 +362,7 @@ def main(argv=None) -> int:
                              f"\"embedding_dim\": 64}}', got {text!r}")
         return train_fars(args.pop("dataset"), args.pop("out"), backbone=backbone, **args)
 
-    return distributed.run_command("rsbook.fars train", args["device"], work)
+    return distributed.run_command("rsbook.fars train", args["device"], work, flags)
 
 
 
@@ -441,6 +458,7 @@ def _certify_rows(folder: Path, parameters: dict, seed: int, device, indices, z,
     """Resumable per-example loop: certify_one(z_i, (select, estimate)) -> (prediction, radius), one row
     per example appended to folder/results.tsv, each with its own pair of streams
     rsbook.streams.certify_generators(seed, idx)."""
+    check_seed(seed)
     begin_run(folder, parameters, seed=seed, device=device)
     table = ResultsTable(folder / "results.tsv", CERTIFY_COLUMNS)
     positions = [p for p, idx in enumerate(indices) if int(idx) not in table.done]
@@ -458,6 +476,12 @@ def _certify_rows(folder: Path, parameters: dict, seed: int, device, indices, z,
     return frame.set_index("idx").loc[[int(i) for i in indices]].reset_index()
 
 
+def _check_certify(n0, n, alpha, batch_size, lipschitz) -> None:
+    """The head certificates' CERTIFY arguments, checked before their run folder is begun."""
+    check_positive_int(n0, "n0"), check_positive_int(n, "n"), check_alpha(alpha)
+    check_positive_int(batch_size, "batch_size"), check_finite_real(lipschitz, "lipschitz", minimum=0, strict=True)
+
+
 def smoothing_certificates(root, name: str, head, z, labels, indices, *, num_classes: int, sigma: float, n0: int,
                            n: int, alpha: float, batch_size: int, seed: int = 0, lipschitz: float = 1.0,
                            parameters: dict | None = None, device=None, progress: bool = False) -> pd.DataFrame:
@@ -465,6 +489,7 @@ def smoothing_certificates(root, name: str, head, z, labels, indices, *, num_cla
     Sec. 2.2, "Multi-Layer Linear Module"), radii divided by the backbone's Lipschitz constant
     (Proposition 1). Resumable run folder root/certify_head/<name>-<digest>; `parameters` should
     identify the head (e.g. its checkpoint). Returns CERTIFY_COLUMNS rows in the order of `indices`."""
+    _check_certify(n0, n, alpha, batch_size, lipschitz)
     device = torch.device("cpu" if device is None else device)
     smooth = Smooth(head.eval(), num_classes, sigma, device=device)
     settings = {**(parameters or {}), "sigma": float(sigma), "n0": n0, "n": n, "alpha": alpha, "batch": batch_size,
@@ -483,6 +508,9 @@ def sparsemax_certificates(root, name: str, head, z, labels, indices, *, num_cla
     """The smoothed sparsemax head (rsbook.fars.SparsemaxSmooth.certify) at each embedding z, radii carried
     to input space. Resumable run folder root/certify_sparsemax/<name>-<digest>. Returns CERTIFY_COLUMNS
     rows in the order of `indices`."""
+    _check_certify(n0, n, alpha, batch_size, lipschitz)
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
     device = torch.device("cpu" if device is None else device)
     smooth = SparsemaxSmooth(head.eval(), num_classes, sigma, r, device=device)
     settings = {**(parameters or {}), "sigma": float(sigma), "r": float(r), "n0": n0, "n": n, "alpha": alpha,
@@ -506,6 +534,7 @@ def _attack_loop(folder: Path, parameters: dict, seed: int, device, data, indice
     """Resumable batched loop: attack_batch(x, y, key) -> (clean (B,) bool, {epsilon: robust (B,) bool}), key
     the batch's first index (for its random streams); one row per example (idx, label, clean, pgd_<eps>...),
     appended after each batch."""
+    check_seed(seed)
     begin_run(folder, parameters, seed=seed, device=device)
     columns = ("idx", "label", "clean", *[_epsilon_column(e) for e in epsilons])
     table = ResultsTable(folder / "results.tsv", columns)
@@ -542,6 +571,7 @@ def pgd_robustness(root, name: str, model, data, indices, epsilons, *, steps: in
     device = torch.device("cpu" if device is None else device)
     epsilons = _check_epsilons(epsilons)
     steps = check_positive_int(steps, "steps")
+    check_clip(clip)
     model = model.eval()
     settings = {**(parameters or {}), "epsilons": epsilons, "steps": steps, "clip": list(clip) if clip else None,
                 "examples": [int(i) for i in indices]}
@@ -574,6 +604,7 @@ def smoothed_pgd_robustness(root, name: str, model: FaRS, data, indices, epsilon
     Resumable run folder root/pgd_sparsemax/<name>-<digest>."""
     device = torch.device("cpu" if device is None else device)
     epsilons = _check_epsilons(epsilons)
+    check_positive_int(steps, "steps"), check_positive_int(num_noise, "num_noise"), check_clip(clip)
     model = model.eval()
     settings = {**(parameters or {}), "epsilons": epsilons, "steps": steps, "sigma": float(sigma), "r": float(r),
                 "num_noise": num_noise, "n_predict": n_predict, "clip": list(clip) if clip else None,
