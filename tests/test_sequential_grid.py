@@ -135,6 +135,12 @@ def test_the_command_line_certifies_a_grid(tmp_path, digits_checkpoint, capsys):
     frame = read_log(log)
     assert len(frame) == 4 and frame["radius"].isin([0.0, 0.25, 0.5]).all()
     assert read_log_manifest(log)["parameters"]["stop_if_wrong"] is True
+    from rsbook.log_tables import read_logs, summary
+
+    table = summary(read_logs([log]), [0, 0.25, 0.5, 0.75]).iloc[0]  # `rsbook analyze`: cells up to the grid's top
+    np.testing.assert_allclose(table[[0.0, 0.25, 0.5]].to_numpy(dtype=float),
+                               certified_accuracy(frame, [0, 0.25, 0.5]).to_numpy())
+    assert np.isnan(table[0.75])
     both = [*arguments[:arguments.index("--out")], "--radius", "0.5", "--out", str(tmp_path / "both.tsv")]
     assert main(both) == 2
     assert "--radius or --radii, not both" in capsys.readouterr().err
