@@ -40,6 +40,7 @@ __all__ = [
     "replay_grid",
     "frontier",
     "log_proportions",
+    "randomized_gains",
     "randomized_radii",
     "replay_log",
     "replay_released",
@@ -291,22 +292,57 @@ def frontier(replayed: pd.DataFrame) -> pd.DataFrame:
     return grouped.reset_index().sort_values("mean_samples", kind="stable").reset_index(drop=True)
 
 
+def _radii_from_bounds(p_lower, answered, sigma):
+    """sigma Phi^-1(p_lower) where the row was answered and p_lower > 1/2, else 0 (inf where p_lower = 1)."""
+    with np.errstate(divide="ignore"):
+        return np.where(answered & (p_lower > 0.5), sigma * norm.ppf(np.clip(p_lower, 0.5, 1.0)), 0.0)
+
+
 def randomized_radii(log: pd.DataFrame, sigma: float, *, n: int, alpha_log: float, alpha: float,
                      rng: np.random.Generator) -> pd.DataFrame:
     """Each row's certified radius from its recovered count under Clopper-Pearson at alpha ('plain', CERTIFY) and
     under the randomized Clopper-Pearson bound with one uniform per row from `rng` ('randomized';
     rsbook.sequential.randomized_clopper_pearson_lower, Voracek 2024): both sigma Phi^-1(p_lower) when
     p_lower > 1/2, else 0. Abstained rows of the log stay 0 under both. Columns: idx, plain, randomized (inf where
-    the randomized bound is 1, an event of probability <= alpha)."""
+    the randomized bound is 1, an event of probability <= alpha).
+
+    The randomized bound's exact level P(L > p) = alpha holds for uniforms independent of the counts and fixed
+    before looking at the result (one draw per row from a seed chosen in advance); re-drawing them until a larger
+    radius appears makes the reported bound a maximum over draws, whose failure probability exceeds alpha."""
     sigma = check_sigma(sigma)
     counts = np.round(log_proportions(log, sigma, n, alpha_log) * n).astype(np.int64)
     answered = log["predict"].to_numpy() != -1
     uniforms = rng.random(len(counts))
-
-    def radius(p_lower):
-        with np.errstate(divide="ignore"):
-            return np.where(answered & (p_lower > 0.5), sigma * norm.ppf(np.clip(p_lower, 0.5, 1.0)), 0.0)
-
-    plain = radius(clopper_pearson_lower(counts, n, alpha))
-    randomized = radius(randomized_clopper_pearson_lower(counts, n, alpha, uniforms))
+    plain = _radii_from_bounds(clopper_pearson_lower(counts, n, alpha), answered, sigma)
+    randomized = _radii_from_bounds(randomized_clopper_pearson_lower(counts, n, alpha, uniforms), answered, sigma)
     return pd.DataFrame({"idx": log["idx"].to_numpy(), "plain": plain, "randomized": randomized})
+
+
+def randomized_gains(log: pd.DataFrame, sigma: float, *, n: int, alpha_log: float, alpha: float, seeds,
+                     key: str) -> pd.DataFrame:
+    """How much the randomized Clopper-Pearson bound adds to the certified radii of one log (randomized_radii),
+    for each seed in `seeds`: the uniforms of seed s come from rsbook.streams.numpy_generator(s, 'randomize', key),
+    so seed s gives exactly randomized_radii(..., rng=that generator). The spread over seeds shows how much of a
+    gain is the luck of the draw; only a seed fixed in advance keeps the bound's level (randomized_radii).
+
+    Over the rows CERTIFY certified (plain radius > 0): mean_gain (mean randomized - plain radius, over the finite
+    ones), mean_relative_gain (mean gain / plain), largest_gain, and unbounded (rows whose randomized radius is
+    infinite). One row per seed, indexed by seed."""
+    sigma = check_sigma(sigma)
+    counts = np.round(log_proportions(log, sigma, n, alpha_log) * n).astype(np.int64)
+    answered = log["predict"].to_numpy() != -1
+    plain = _radii_from_bounds(clopper_pearson_lower(counts, n, alpha), answered, sigma)
+    certified = plain > 0
+    seeds = [int(seed) for seed in seeds]
+    uniforms = np.stack([streams.numpy_generator(seed, "randomize", key).random(len(counts)) for seed in seeds])
+    bounds = randomized_clopper_pearson_lower(counts[None, :], n, alpha, uniforms)  # (seeds, rows): one bisection
+    rows = {}
+    for seed, bound in zip(seeds, bounds):
+        gain = (_radii_from_bounds(bound, answered, sigma) - plain)[certified]
+        finite = np.isfinite(gain)
+        some = finite.any()
+        rows[seed] = {"mean_gain": float(gain[finite].mean()) if some else np.nan,
+                      "mean_relative_gain": float((gain / plain[certified])[finite].mean()) if some else np.nan,
+                      "largest_gain": float(gain[finite].max()) if some else np.nan,
+                      "unbounded": int((~finite).sum())}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("seed")

@@ -3,7 +3,9 @@
 A chapter creates one ChapterRun; every table it reproduces goes through `ChapterRun.compare`,
 which compares with the published numbers (rsbook.published), records the cells in the run
 folder's comparisons.csv, and returns a table for display. `scoreboard` gathers those records for
-every table of every document. Writes only under the runs folder.
+every table of every document, in two parts: the documents' published results (PUBLISHED), then what
+the book adds beyond them (ADDED: results no document prints a number for). Writes only under the runs
+folder.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from rsbook.analysis import DIFFERENT_DATA, STATUSES, compare, table_status
 from rsbook.logs import finish_manifest, read_manifest, update_manifest, write_manifest
 from rsbook.paths import runs_dir
 
-__all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "documents_without_tables", "comparison_table",
-           "model_origins",
-           "styled", "comparisons", "house_style", "COMPARISONS", "COMPUTED", "TABLE_CLASS"]
+__all__ = ["ChapterRun", "scoreboard", "scoreboard_markdown", "scoreboard_summary", "additions_markdown",
+           "documents_without_tables", "comparison_table", "styled", "comparisons", "house_style", "model_origins",
+           "COMPARISONS", "COMPUTED", "TABLE_CLASS", "PUBLISHED", "ADDED"]
 
 COMPARISONS = "comparisons.csv"
 COMPUTED = "computed (nothing published to compare)"
+PUBLISHED = "published"
+"""Scoreboard part of the documents' tables and text results, each with its status against the published numbers."""
+ADDED = "added"
+"""Scoreboard part of what the book adds beyond the documents: every row whose status is COMPUTED (results
+recorded with ChapterRun.record, and a document's table whose printed values are unreadable, measured here)."""
 _STATUS_COLORS = {STATUSES[1]: "#fff3c4", STATUSES[2]: "#ffd6d6", DIFFERENT_DATA: "#e8e8e8"}
 TABLE_CLASS = "rsbook-table"
 """The HTML class of every table the book displays (styled, comparison_table)."""
@@ -240,8 +247,11 @@ def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
     first (rsbook.analysis.table_status), the chapter and section where it is reproduced, and the
     number of cells compared. A table reproduced by several chapters (say, from the authors' logs
     and by a re-run) gets one row per chapter; results recorded with ChapterRun.record, for which
-    no document prints a number, are listed after their document's tables with status COMPUTED.
-    Reads <runs>/*/<profile>/comparisons.csv."""
+    no document prints a number, have status COMPUTED.
+
+    Column `part` splits the board: PUBLISHED rows (the documents' results, compared or not yet
+    reproduced) come first, in document order, then the ADDED rows (status COMPUTED), in document
+    order. Reads <runs>/*/<profile>/comparisons.csv."""
     recorded = comparisons(profile, runs)
     listed = published.tables()
     extra = recorded[["document", "table"]].drop_duplicates()
@@ -265,7 +275,27 @@ def scoreboard(profile: str, runs: Path | str | None = None) -> pd.DataFrame:
             })
     board = pd.DataFrame(out)
     board["document"] = pd.Categorical(board["document"], categories=list(published.DOCUMENTS), ordered=True)
-    return board.sort_values(["document"], kind="stable").reset_index(drop=True)
+    board["part"] = pd.Categorical(np.where(board["status"] == COMPUTED, ADDED, PUBLISHED),
+                                   categories=[PUBLISHED, ADDED], ordered=True)
+    return board.sort_values(["part", "document"], kind="stable").reset_index(drop=True)
+
+
+def scoreboard_summary(board: pd.DataFrame) -> dict:
+    """The counts of the scoreboard's two summary lines, from `scoreboard`'s frame.
+
+    published: tables (distinct document and table), rows, cells, and `statuses`, the number of rows
+    per status (every status of rsbook.analysis.STATUSES and DIFFERENT_DATA, 0 when absent);
+    added: rows, cells, and `chapters`, the number of rows per chapter in board order."""
+    mine = board[board["part"] == PUBLISHED]
+    added = board[board["part"] == ADDED]
+    counts = mine["status"].value_counts()
+    return {
+        "published": {"tables": len(mine[["document", "table"]].drop_duplicates()), "rows": len(mine),
+                      "cells": int(mine["cells"].sum()),
+                      "statuses": {status: int(counts.get(status, 0)) for status in (*STATUSES, DIFFERENT_DATA)}},
+        "added": {"rows": len(added), "cells": int(added["cells"].sum()),
+                  "chapters": {str(k): int(v) for k, v in added.groupby("chapter", sort=False).size().items()}},
+    }
 
 
 def documents_without_tables() -> list[str]:
@@ -274,11 +304,24 @@ def documents_without_tables() -> list[str]:
     return [d for d in published.DOCUMENTS if d not in have]
 
 
-def scoreboard_markdown(board: pd.DataFrame, link_prefix: str = "") -> str:
-    """The scoreboard as a MyST table, each reproduced table linked to its section with {ref}."""
+def _where(row) -> str:
+    return f"{{ref}}`{row.chapter} <{row.section}>`" if isinstance(row.section, str) else "—"
+
+
+def scoreboard_markdown(board: pd.DataFrame) -> str:
+    """The published part of the scoreboard (rows with part PUBLISHED) as a MyST table: document,
+    table, status, cells (differing), and where, each reproduced table linked to its section with {ref}."""
     lines = ["| document | table | status | cells (differing) | where |", "|---|---|---|---|---|"]
-    for row in board.itertuples():
-        where = f"{{ref}}`{row.chapter} <{row.section}>`" if isinstance(row.section, str) else "—"
+    for row in board[board["part"] == PUBLISHED].itertuples():
         cells = f"{row.cells} ({row.differing_cells})" if row.cells else "—"
-        lines.append(f"| {row.document} | {row.table} | {row.status} | {cells} | {where} |")
+        lines.append(f"| {row.document} | {row.table} | {row.status} | {cells} | {_where(row)} |")
+    return "\n".join(lines)
+
+
+def additions_markdown(board: pd.DataFrame) -> str:
+    """The scoreboard's second part, what the book adds beyond the documents (rows with part ADDED),
+    as a MyST table: the document it extends, the result, its cells, and where (a {ref} link)."""
+    lines = ["| extends | result | cells | where |", "|---|---|---:|---|"]  # numbers right-aligned
+    for row in board[board["part"] == ADDED].itertuples():
+        lines.append(f"| {row.document} | {row.table} | {row.cells} | {_where(row)} |")
     return "\n".join(lines)

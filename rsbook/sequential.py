@@ -29,16 +29,25 @@ Methods (`METHODS`):
 
 The boundaries depend only on (p0, alpha, n_max, method, schedule), never on data, and are computed once
 (`plan`): a `Plan` certifies at look j iff the hits so far are >= certify_at[j] and stops for futility
-iff they are <= futile_at[j]. The same plan drives `certify_radius` (a real `draw`) and
-`rsbook.replay` (Binomial draws, vectorised), so the simulated and the real test are the same code.
+iff they are <= futile_at[j]. Every method decides only at its looks: the betting test certifies at the
+first *look* at which M_t >= 1/alpha (`Plan.first_certifiable_look` is the earliest one that can), not at
+the first draw. The same plan drives `certify_radius` (a real `draw`) and `rsbook.replay` (Binomial
+draws, vectorised), so the simulated and the real test are the same code.
+
+What a test costs and what it gives, exactly (no simulation): `operating_characteristic` (the probability
+of certifying, i.e. the power when p > p0 and the false-certification rate when p <= p0, and the expected
+number of draws, for a true p) and `expected_samples_peak` (the p at which the expected draws peak).
 
 Also: `certify_sequential` (radius estimation to a tolerance, on the two-sided Beta-binomial confidence
 sequence) and `randomized_clopper_pearson_lower` (Voracek 2024's randomized, exact-level bound).
 
-Why not `confseq`: the two confidence sequences used here are closed forms of scipy.special (a few lines
-each), their boundaries are precomputed once per plan, and the replay needs them vectorised over
-thousands of rows; confseq is a compiled package not among the project's pinned dependencies and its
-binomial mixtures are the same formulas.
+Why not `confseq`: it is a compiled package not among the project's pinned dependencies, and its
+binomial tools are other constructions than the two used here: its betting confidence sequences bet
+predictable plug-in amounts (Waudby-Smith & Ramdas 2023) instead of mixing likelihood ratios
+over a prior, and its Bernoulli confidence interval mixes over a Beta prior tuned to an intrinsic time
+(Howard et al. 2021), not truncated to [p0, 1]. The truncated mixture of `mixture_log_wealth` has no
+counterpart there; here both sequences are closed forms of scipy.special, precomputed once per plan and
+vectorised over the replay's thousands of rows.
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ __all__ = [
     "certify_radius",
     "certify_sequential",
     "certify_threshold",
+    "expected_samples_peak",
     "mixture_log_wealth",
     "mixture_lower",
     "operating_characteristic",
@@ -238,6 +248,14 @@ class Plan:
         """False when no look can certify even if every draw hits (curtailment before the first draw)."""
         return bool(np.any(self.certify_at <= self.looks))
 
+    @property
+    def first_certifiable_look(self) -> int | None:
+        """The fewest draws after which the test can certify at all: the first look t with certify_at <= t (every
+        draw a hit), None when no look can. Certification happens only at looks, so a test whose boundary is
+        crossed between two looks certifies at the next one."""
+        can = np.nonzero(self.certify_at <= self.looks)[0]
+        return int(self.looks[can[0]]) if len(can) else None
+
     def decide(self, j: int, hits):
         """+1 (certified), -1 (stop, not certified) or 0 (go on) at look j with `hits` hits (array-friendly)."""
         hits = np.asarray(hits)
@@ -353,8 +371,9 @@ def _futility(looks: np.ndarray, certify_at: np.ndarray, futility) -> np.ndarray
 def operating_characteristic(test: Plan, p) -> tuple[float, float]:
     """Exactly, for draws that are Bernoulli(p): the probability that `test` certifies and its expected number of
     draws, by forward recursion over its looks on the distribution of the hit count of the runs still going
-    (binomial increments, scipy.stats.binom; no simulation). Under p < p0 the first is the false-certification
-    rate, which the test's guarantee bounds by alpha."""
+    (binomial increments, scipy.stats.binom; no simulation). Under p > p0 the first is the test's power (for
+    method "fixed", CERTIFY's: P(Bin(n_max, p) >= certify_at)); under p <= p0 it is the false-certification rate,
+    which the test's guarantee bounds by alpha. The draws do not include any n0 selection."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be a number in [0, 1], got {p!r}")
     p = float(p)
@@ -376,6 +395,34 @@ def operating_characteristic(test: Plan, p) -> tuple[float, float]:
             break
         low, mass = low + int(go[0]), mass[go[0]:go[-1] + 1]
     return certified, expected
+
+
+def expected_samples_peak(test: Plan, low: float, high: float, *, grid: int = 21,
+                          xatol: float = 1e-7) -> tuple[float, float]:
+    """The true p in [low, high] at which `test` needs the most draws in expectation, and that expectation
+    (operating_characteristic's exact value; n0 not included).
+
+    The expected draws are a smooth function of p (a finite sum of binomial probabilities). `grid` equally spaced
+    points bracket the largest value, and a bounded Brent search (scipy.optimize.minimize_scalar) refines the
+    maximum inside the bracket to `xatol` in p. The result is the global maximum on [low, high] when the curve
+    has a single peak wider than the grid step (near p0 it does: checked against dense grids in the tests).
+    Returns (p_peak, expected_draws)."""
+    from scipy.optimize import minimize_scalar
+
+    if not (isinstance(low, numbers.Real) and isinstance(high, numbers.Real) and 0.0 <= low < high <= 1.0):
+        raise ValueError(f"need 0 <= low < high <= 1, got low={low!r}, high={high!r}")
+    grid = check_positive_int(grid, "grid")
+    if grid < 3:
+        raise ValueError(f"grid must be at least 3, got {grid}")
+    points = np.linspace(float(low), float(high), grid)
+    values = np.array([operating_characteristic(test, float(p))[1] for p in points])
+    best = int(np.argmax(values))
+    bracket = (float(points[max(best - 1, 0)]), float(points[min(best + 1, grid - 1)]))
+    found = minimize_scalar(lambda p: -operating_characteristic(test, float(p))[1], bounds=bracket,
+                            method="bounded", options={"xatol": xatol})
+    if -found.fun >= values[best]:
+        return float(found.x), float(-found.fun)
+    return float(points[best]), float(values[best])
 
 
 def _check_hits(hits, k: int) -> int:
@@ -513,6 +560,8 @@ def randomized_clopper_pearson_lower(k, n, alpha, u):
     top = pvalue(np.ones(k_arr.shape)) <= alpha  # the whole interval up to 1 is rejected
     for _ in range(60):  # the p-value increases in q: bisection on [CP(k), CP(k + 1)]
         mid = 0.5 * (low + high)
+        if np.all((mid <= low) | (mid >= high)):  # every interval is down to adjacent floats
+            break
         reject = pvalue(mid) <= alpha
         low = np.where(reject, mid, low)
         high = np.where(reject, high, mid)

@@ -161,8 +161,12 @@ def test_every_displayed_table_has_a_caption_and_the_house_style(smoke_book):
 def test_scoreboard_links_reach_their_tables_and_the_results_csv(smoke_book):
     runs_dir, html_dir = smoke_book
     intro = _page(html_dir, "intro.html")
-    board = next(t for t in intro.select(".cell_output table") if "status" in t.get_text())
-    links = [a["href"] for a in board.select("a.reference.internal")]
+    tables = intro.select(".cell_output table")
+    board = next(t for t in tables if "status" in t.get_text())  # the documents' published results first
+    added = next(t for t in tables if "extends" in t.get_text())  # then what the book adds beyond them
+    assert tables.index(board) < tables.index(added)
+    assert "computed" not in board.get_text() and "status" not in added.get_text()
+    links = [a["href"] for table in (board, added) for a in table.select("a.reference.internal")]
     recorded = book_comparisons(runs_dir)
     assert len(links) == len(recorded[["chapter", "document", "table"]].drop_duplicates())
     for href in links:
@@ -185,6 +189,10 @@ def test_scoreboard_links_reach_their_tables_and_the_results_csv(smoke_book):
     assert text.startswith("Profile smoke") and download in summary.find_all("a"), text
     board_rows = board.select("tbody tr")
     assert f"in {len(board_rows)} rows" in text and summary.find_next("table") is board
+    second = added.find_parent("section").select_one("p")  # the additions have a summary line of their own
+    added_rows = added.select("tbody tr")
+    assert second.get_text(" ", strip=True).startswith(f"{len(added_rows)} results in"), second.get_text()
+    assert second.find_next("table") is added
 
 
 def book_comparisons(runs_dir) -> pd.DataFrame:

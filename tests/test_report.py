@@ -11,15 +11,20 @@ import pandas as pd
 import pytest
 
 from rsbook import published
-from rsbook.analysis import STATUSES
+from rsbook.analysis import DIFFERENT_DATA, STATUSES
 from rsbook.report import (
+    ADDED,
     COMPARISONS,
+    COMPUTED,
+    PUBLISHED,
     TABLE_CLASS,
     ChapterRun,
+    additions_markdown,
     comparisons,
     documents_without_tables,
     scoreboard,
     scoreboard_markdown,
+    scoreboard_summary,
     styled,
 )
 
@@ -188,6 +193,36 @@ def test_scoreboard_markdown(runs):
     row = [line for line in lines if line.startswith("| cohen | Table 2 |")]
     assert row == ["| cohen | Table 2 | differs | 21 (1) | {ref}`cohen <cohen-table-2>` |"]
     assert text.count("{ref}") == 1  # tables not yet reproduced get no link
+
+
+def test_scoreboard_splits_published_results_from_what_the_book_adds(runs):
+    """Issue 20, sec. 3: the documents' published results first, each with its status, then the results no
+    document prints (status COMPUTED) as a part of their own, each part with its own counts; nothing is dropped."""
+    logs = ChapterRun("logs", "smoke", {})
+    logs.compare("cohen", "Table 2", _ours_table_2(), "logs-table-2")
+    logs.record("cohen", "replay (ours)", pd.DataFrame({"x": {0.5: 1.0, 1.0: 2.0}}), "logs-replay")
+    ChapterRun("relax", "smoke", {}).record("lp", "LP vs MILP (ours)", pd.DataFrame({"lp": {0.01: 0.9}}), "relax-t")
+    ChapterRun("toy", "smoke", {}).compare("rancer", "Table 5.1", published.table("rancer", "Table 5.1"), "toy-5-1",
+                                           same_data=False)
+    board = scoreboard("smoke")
+    parts = board["part"].astype(str).tolist()
+    assert parts == sorted(parts, key=[PUBLISHED, ADDED].index)  # published first, then the additions
+    shown, extra = board[board["part"] == PUBLISHED], board[board["part"] == ADDED]
+    assert len(shown) == len(published.tables()) and (shown["status"] != COMPUTED).all()
+    assert list(zip(extra["document"], extra["table"])) == [("cohen", "replay (ours)"), ("lp", "LP vs MILP (ours)")]
+    summary = scoreboard_summary(board)
+    assert summary["published"]["rows"] == len(published.tables())
+    assert summary["published"]["tables"] == len(published.tables())
+    assert summary["published"]["statuses"] == {EXACT: 0, WITHIN: 0, DIFFERS: 1, MISSING: len(published.tables()) - 2,
+                                                DIFFERENT_DATA: 1}
+    assert summary["published"]["cells"] == 21 + 12
+    assert summary["added"] == {"rows": 2, "cells": 3, "chapters": {"logs": 1, "relax": 1}}
+    assert summary["published"]["cells"] + summary["added"]["cells"] == len(comparisons("smoke"))  # CSV: every cell
+    first, second = scoreboard_markdown(board).splitlines(), additions_markdown(board).splitlines()
+    assert len(first) == 2 + len(published.tables()) and not any("(ours)" in line for line in first)
+    assert second[:2] == ["| extends | result | cells | where |", "|---|---|---:|---|"]  # the counts right-aligned
+    assert second[2:] == ["| cohen | replay (ours) | 2 | {ref}`logs <logs-replay>` |",
+                          "| lp | LP vs MILP (ours) | 1 | {ref}`relax <relax-t>` |"]
 
 
 def test_documents_without_tables():

@@ -100,6 +100,79 @@ def test_exact_operating_characteristic_agrees_with_simulation():
         assert abs(samples.mean() - exact_samples) <= 4 * samples.std() / math.sqrt(runs)
 
 
+def test_power_of_fixed_n_is_the_binomial_tail():
+    """CERTIFY's power at a true p (Cohen et al. 2019, Sec. 3.2.2): it certifies iff CP(k, n, alpha) >= p0, i.e. iff
+    P_p0(X >= k) <= alpha (the test Clopper-Pearson inverts), so its power is P_p(X >= k*) with k* the smallest such
+    k, both from scipy.stats.binom; operating_characteristic's recursion must give the same."""
+    p0, alpha, n = 0.9, 0.01, 2000
+    k = np.arange(n + 1)
+    k_star = int(k[binom.sf(k - 1, n, p0) <= alpha][0])
+    test = plan(p0, alpha, n, "fixed")
+    for p in (p0, 0.905, 0.91, 0.92, 0.95):
+        certified, samples = operating_characteristic(test, p)
+        assert certified == pytest.approx(binom.sf(k_star - 1, n, p), abs=1e-12)
+        assert samples == pytest.approx(n)
+    assert operating_characteristic(test, p0)[0] <= alpha
+
+
+@pytest.mark.parametrize("method, futility", [("betting", None), ("union", sequential.DEFAULT_FUTILITY),
+                                              ("union", None)])
+def test_power_near_the_threshold_agrees_with_simulation(method, futility):
+    """Just above p0, where the tests disagree most, the exact probability of certifying (recursion over the looks)
+    matches 20,000 simulated runs within 4 standard errors, for the variants the chapter's power table adds."""
+    p0, runs = 0.9, 20000
+    test = plan(p0, 0.01, 5000, method, 250, futility=futility)
+    for p in (0.905, 0.915):
+        exact, _ = operating_characteristic(test, p)
+        certified, _ = replay.simulate(test, [p], streams.numpy_generator(7, "simulate", "power", method,
+                                                                         str(futility), str(p)), runs)
+        assert abs(certified.mean() - exact) <= 4 * math.sqrt(exact * (1 - exact) / runs) + 1e-9
+
+
+def test_sequential_tests_certify_less_often_than_fixed_n_just_above_the_threshold():
+    """The price of stopping early (issue 20): at r / sigma = 2 and p_A just above p0 = Phi(2), both sequential tests
+    certify less often than fixed n with the same n_max, and far above p0 all certify almost surely."""
+    p0 = norm.cdf(2.0)
+    power = {m: operating_characteristic(plan(p0, 0.001, 20_000, m, 1000), p0 + 0.006)[0] for m in sequential.METHODS}
+    assert power["betting"] < power["fixed"] and power["union"] < power["fixed"]
+    assert min(operating_characteristic(plan(p0, 0.001, 20_000, m, 1000), 0.995)[0]
+               for m in sequential.METHODS) > 0.99
+
+
+def test_first_certifiable_look():
+    """Certification happens at looks only: with every draw a hit, the betting test certifies exactly at
+    first_certifiable_look, the first look whose all-hits wealth reaches 1/alpha (mixture_log_wealth), and at no
+    earlier look does all-hits reach it."""
+    p0, alpha = norm.cdf(2.0), 0.001
+    test = plan(p0, alpha, 100_000, "betting", 1000)
+    first = test.first_certifiable_look
+    result = certify_radius(lambda k: k, 0.5, 0.25, alpha, 100_000, batch_size=1000)
+    assert result.certified and result.samples == first
+    target = math.log(1 / alpha)
+    earlier = test.looks[test.looks < first]
+    assert len(earlier) > 0 and (sequential.mixture_log_wealth(earlier, earlier, p0) < target).all()
+    draws = np.arange(1, first + 1)
+    crossing = int(draws[sequential.mixture_log_wealth(draws, draws, p0) >= target][0])
+    assert crossing < first  # all-hits wealth crosses 1/alpha between two looks; the test certifies at the next
+    assert plan(0.9999, 0.001, 100, "betting").first_certifiable_look is None
+
+
+def test_expected_samples_peak_is_the_maximum_of_the_exact_curve():
+    """The bounded search finds the largest expected sample count: at least every value of a dense grid over the
+    same interval (each exact, operating_characteristic), at a p within one grid step of the grid's best."""
+    p0 = 0.9
+    test = plan(p0, 0.01, 3000, "betting", 250)
+    low, high = p0 - 0.03, p0 + 0.03
+    p_peak, peak = sequential.expected_samples_peak(test, low, high)
+    dense = np.linspace(low, high, 241)
+    values = np.array([operating_characteristic(test, float(p))[1] for p in dense])
+    assert peak >= values.max() - 1e-9 and low <= p_peak <= high
+    assert abs(p_peak - dense[values.argmax()]) <= dense[1] - dense[0]
+    assert peak == pytest.approx(operating_characteristic(test, p_peak)[1])
+    with pytest.raises(ValueError, match="low < high"):
+        sequential.expected_samples_peak(test, 0.95, 0.9)
+
+
 @pytest.mark.parametrize("method", ["betting", "union"])
 def test_clear_cases_are_decided_fast(method):
     """p_A = 0.99 at r / sigma = 1 (p0 = 0.841) is certified with at most 1,000 samples on average, at the paper's

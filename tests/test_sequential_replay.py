@@ -93,6 +93,27 @@ def test_randomized_radii_never_shrink():
     assert (radii["randomized"] > radii["plain"]).mean() > 0.5
 
 
+def test_randomized_gains_per_seed_are_the_radii_of_that_seed():
+    """randomized_gains summarises, for each seed, exactly the radii randomized_radii gives with that seed's
+    'randomize' stream: different seeds, different gains, never a loss (Voracek 2024's bound >= Clopper-Pearson)."""
+    n, alpha, sigma = 3000, 0.001, 0.25
+    rng = streams.numpy_generator(4, "simulate", "randomized-gains")
+    log = _log_from_counts(rng.integers(1000, n + 1, 150), 1, sigma, n, alpha)
+    gains = replay.randomized_gains(log, sigma, n=n, alpha_log=alpha, alpha=alpha, seeds=[0, 5, 9], key="toy")
+    assert list(gains.index) == [0, 5, 9]
+    for seed in (0, 9):
+        radii = replay.randomized_radii(log, sigma, n=n, alpha_log=alpha, alpha=alpha,
+                                        rng=streams.numpy_generator(seed, "randomize", "toy"))
+        certified = radii[radii["plain"] > 0]
+        gain = certified["randomized"] - certified["plain"]
+        finite = np.isfinite(gain)
+        assert gains.loc[seed, "mean_gain"] == pytest.approx(gain[finite].mean())
+        assert gains.loc[seed, "largest_gain"] == pytest.approx(gain[finite].max())
+        assert gains.loc[seed, "mean_relative_gain"] == pytest.approx((gain / certified["plain"])[finite].mean())
+        assert gains.loc[seed, "unbounded"] == (~finite).sum()
+    assert (gains["mean_gain"] > 0).all() and gains["mean_gain"].nunique() == 3
+
+
 def test_paper_scale_target_on_cifar10_sigma_025(runs):
     """Issue 14's target: on the authors' CIFAR-10 sigma = 0.25 log at r = 0.5 with n0 = 100 included, the betting
     test needs at most 2,000 samples on average (50x fewer than 100,100) and its certified accuracy is within
