@@ -59,6 +59,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import signal, special
+from scipy.optimize import minimize_scalar
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom, norm
 
@@ -407,8 +408,6 @@ def expected_samples_peak(test: Plan, low: float, high: float, *, grid: int = 21
     maximum inside the bracket to `xatol` in p. The result is the global maximum on [low, high] when the curve
     has a single peak wider than the grid step (near p0 it does: checked against dense grids in the tests).
     Returns (p_peak, expected_draws)."""
-    from scipy.optimize import minimize_scalar
-
     if not (isinstance(low, numbers.Real) and isinstance(high, numbers.Real) and 0.0 <= low < high <= 1.0):
         raise ValueError(f"need 0 <= low < high <= 1, got low={low!r}, high={high!r}")
     grid = check_positive_int(grid, "grid")
