@@ -24,7 +24,9 @@ Certificates of the head, all in embedding space:
   sparsemax is order-preserving (p_i = max(v_i - tau, 0) with one tau for all i), so for a
   deterministic head argmax sparsemax(l(z)) = argmax l(z) and its exact radius is `margin_radius`
   again: a deterministic sparsemax can neither add nor remove certified accuracy. What sparsemax does
-  change is a *smoothed soft* classifier (Delattre et al. 2023, the seed's ref. [3]): with
+  change is a *smoothed soft* classifier. The seed says only that, "as employed in [3]" (Delattre et al.
+  2023), sparsemax is applied before the argmax; smoothing the soft sparsemax head in the embedding space is
+  our choice of how to certify it: with
   h(z) = sparsemax(l(z), r) / r in the probability simplex and H(z) = E[h(z + eps)], eps ~ N(0, sigma^2 I),
   z -> sigma Phi^-1(H_c(z)) is 1-Lipschitz for each c (the Lipschitz lemma in Appendix A of Salman et
   al. 2019; Levine et al. 2019), hence if H_A(z) >= p_A > 1/2 the class A stays the argmax of H within
@@ -260,7 +262,8 @@ def empirical_bernstein_lower(mean, variance, n: int, alpha: float) -> float:
 
 class SparsemaxSmooth:
     """The smoothed sparsemax head H(z) = E[sparsemax(head(z + eps), r) / r], eps ~ N(0, sigma^2 I)
-    (Delattre et al. 2023 applied in the embedding space; module docstring).
+    (our choice of certifying the seed's "sparsemax before the argmax", after its ref. [3], Delattre et al. 2023:
+    smoothing in the embedding space; module docstring).
 
     head: callable mapping (B, features) to logits (B, num_classes) (a Module in eval mode).
     sigma: noise level in embedding units. r: the simplex scale of sparsemax (the seed's r); small r
