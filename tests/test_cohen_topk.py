@@ -182,6 +182,9 @@ def test_certify_topk_constant_classifier_closed_form():
     assert r1 == pytest.approx(0.25 * norm.ppf(lower), rel=1e-9)
     assert r2 == pytest.approx(0.25 * (norm.ppf(lower) - norm.ppf(1 / 3)), rel=1e-9)
     assert certify_topk(smooth, torch.zeros(3, 5, 5), 0, 3, 10000, 0.001, 4096) == 0.0  # label never seen
+    # several k from one set of samples: each k's radius is the one its own call gives on the same draws
+    assert certify_topk(smooth, torch.zeros(3, 5, 5), 2, [1, 2], 10000, 0.001, 4096) == [r1, r2]
+
 
 
 def test_simultaneous_bounds_match_authors_and_cover():

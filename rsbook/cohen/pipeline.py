@@ -146,7 +146,8 @@ def _sharded_results(folder: Path, columns, parameters: dict, keys, rows_of, *, 
 
 def _topk_parameters(dataset, checkpoint, sigma, ks, n, alpha, batch_size, skip, split) -> dict:
     return {"dataset": dataset, "split": split, "checkpoint": str(checkpoint), "sigma": float(sigma),
-            "ks": [int(k) for k in ks], "n": n, "alpha": alpha, "batch": batch_size, "skip": skip}
+            "ks": [int(k) for k in ks], "n": n, "alpha": alpha, "batch": batch_size, "skip": skip,
+            "samples": "one set per example, shared by every k"}
 
 
 def topk_folder(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alpha: float, batch_size: int,
@@ -160,8 +161,8 @@ def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alph
                skip: int = 1, max_index: int = -1, seed: int = 0, split: str = "test", device=None,
                progress: bool = False) -> pd.DataFrame:
     """Jia et al. (2020) top-k certified radius of the true label for each k in `ks` on the
-    selected examples (rsbook.cohen.topk.certify_topk: one set of n samples per example and k, from the
-    stream (seed, 'estimate', 'topk', idx, k), each with probability >= 1 - alpha). Resumable: results are
+    selected examples (rsbook.cohen.topk.certify_topk: one set of n samples per example, from the stream
+    (seed, 'estimate', 'topk', idx), shared by every k, each k's radius with probability >= 1 - alpha). Resumable: results are
     appended per example (its rows for every k together) to a run folder (topk_folder). Under a
     torch.distributed process group the examples are shared among the ranks (_sharded_results); the
     streams are the example's, so the rows are those of one process.
@@ -182,11 +183,9 @@ def topk_radii(root, dataset: str, checkpoint, sigma: float, ks, *, n: int, alph
 
     def rows_of(idx):
         x, label = data[idx]
-        return [{"idx": idx, "label": label, "k": k,
-                 "radius": float(certify_topk(smooth, x, label, k, n, alpha, batch_size,
-                                              generator=streams.generator(seed, "estimate", "topk", idx, k,
-                                                                          device=smooth.device)))}
-                for k in ks]
+        radii = certify_topk(smooth, x, label, list(ks), n, alpha, batch_size,
+                             generator=streams.generator(seed, "estimate", "topk", idx, device=smooth.device))
+        return [{"idx": idx, "label": label, "k": k, "radius": float(radius)} for k, radius in zip(ks, radii)]
 
     return _sharded_results(folder, TOPK_COLUMNS, parameters, selected_indices(len(data), skip, max_index), rows_of,
                             group=len(ks), seed=seed, device=device, label="top-k", progress=progress)

@@ -177,7 +177,7 @@ def attack_argv(root, dataset: str, checkpoint, sigma: float, certify_log, multi
 
 def _topk(root: Path, p: Mapping, topk: Mapping, trained, alpha: float, seed: int, device: str) -> core.Step:
     """rsbook.cohen.pipeline.topk_radii as the chapter calls it, as a sharded command: n samples per
-    example and k."""
+    example, shared by every k."""
     from rsbook.cohen.pipeline import topk_folder
 
     dataset, sigma = topk["dataset"], float(topk["sigma"])
@@ -191,7 +191,7 @@ def _topk(root: Path, p: Mapping, topk: Mapping, trained, alpha: float, seed: in
     arch = p["experiments"][dataset]["arch"]
     return core.Step(CHAPTER, f"top-k radii {dataset}, σ = {sigma:g}", "topk", device, argv=tuple(argv),
                      module=MODULE, sharded=True, output=folder, examples=examples,
-                     work=(core.Work("forward", core.core_model(arch, dataset), examples * len(ks) * n, batch),),
+                     work=(core.Work("forward", core.core_model(arch, dataset), examples * n, batch),),
                      note="python -m rsbook.cohen.pipeline topk (examples shared among the processes when launched)",
                      info={"dataset": dataset, "sigma": sigma})
 

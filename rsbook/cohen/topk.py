@@ -159,7 +159,7 @@ def simultaneous_bounds(counts, alpha):
     return lower, upper
 
 
-def certify_topk(smooth, x, label, k, n, alpha, batch_size, generator=None) -> float:
+def certify_topk(smooth, x, label, k, n, alpha, batch_size, generator=None):
     """CERTIFY for top-k (Jia et al. 2020, Alg. 2 with SimuEM): the radius within which `label` stays in
     the top-k of the smoothed classifier, or 0.0 (not certified; the paper's ABSTAIN).
 
@@ -172,23 +172,30 @@ def certify_topk(smooth, x, label, k, n, alpha, batch_size, generator=None) -> f
     these samples (use the true label, or a guess from separate samples).
 
     smooth: a `rsbook.smooth.Smooth`. x: one example of any shape. label: integer in [0, num_classes).
-    k: integer in [1, num_classes). n, batch_size: integers >= 1. alpha: in (0, 1).
-    generator: optional torch.Generator on the sampling device. Returns a float in input units.
+    k: integer in [1, num_classes), or a sequence of them: then one set of n samples serves every k and a
+    list of radii comes back, each with the guarantee above for its k (the bounds are the same event for
+    every k, so each k's certificate holds with probability >= 1 - alpha; a table of certified top-k accuracy
+    per k needs no more, at 1/len(k) of the samples). n, batch_size: integers >= 1. alpha: in (0, 1).
+    generator: optional torch.Generator on the sampling device. Returns a float (or list of floats) in input
+    units.
     """
     if not isinstance(smooth, Smooth):
         raise ValueError(f"smooth must be an rsbook.smooth.Smooth, got {type(smooth).__name__}")
     c = smooth.num_classes
     if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < c:
         raise ValueError(f"label must be an integer in [0, {c}), got {label!r}")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k < c:
-        raise ValueError(f"k must be an integer in [1, {c}) (num_classes = {c}), got {k!r}")
+    ks = list(k) if isinstance(k, (list, tuple)) else [k]
+    for value in ks:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value < c:
+            raise ValueError(f"k must be an integer in [1, {c}) (num_classes = {c}), got {value!r}")
     check_positive_int(n, "n")
     check_alpha(alpha)
     check_positive_int(batch_size, "batch_size")
     counts = smooth.sample_counts(x, n, batch_size, generator=generator).cpu().numpy()
     lower, upper = simultaneous_bounds(counts, alpha)
     others = np.delete(upper, int(label))
-    return float(topk_radius(lower[int(label)], others, int(k), smooth.sigma))
+    radii = [float(topk_radius(lower[int(label)], others, int(value), smooth.sigma)) for value in ks]
+    return radii if isinstance(k, (list, tuple)) else radii[0]
 
 
 def certified_topk_accuracy(radii, radius):
