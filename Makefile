@@ -41,7 +41,7 @@ bench: venv
 # Every training and certification step of the computing chapters at PROFILE, its time on this machine's
 # devices (measured throughput) and whether it is done; writes $(RUNS)/plan-$(PROFILE).json. Runs nothing.
 plan: venv
-	$(PY) -m rsbook.plan --profile $(PROFILE) --runs $(RUNS)
+	$(PY) -m rsbook.book.plan --profile $(PROFILE) --runs $(RUNS)
 
 # The full profile's path (steps as rsbook commands through torchrun: one process per GPU, or 2 gloo
 # processes on a CPU) of every computing chapter at the smoke sizes, into $(REHEARSE_RUNS); then make bench.

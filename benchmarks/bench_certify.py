@@ -8,7 +8,7 @@ Three engines on the same model, input shape and batch size, in noisy samples pe
              randn_like, predictions copied to the host every batch and counted in a Python loop
 On a GPU it also measures certify with bf16 autocast, channels_last and a batch size tuned to
 memory, and the top-1 agreement of bf16 with fp32 over the noisy samples.
-Per case it also measures "robust at r?" decisions (rsbook.throughput.decision_rates): samples per
+Per case it also measures "robust at r?" decisions (rsbook.book.throughput.decision_rates): samples per
 decision and decisions per second of sequential certification (Smooth.certify_radius) against fixed-n
 CERTIFY with n = n_max, on the case's input at radius 0.25.
 
@@ -33,7 +33,8 @@ from rsbook._io import atomic_write
 from rsbook.models import build
 from rsbook.smooth import ABSTAIN, Smooth, autocast_agreement, largest_batch_size
 from rsbook.stats import clopper_pearson_lower
-from rsbook.throughput import decision_rates, engine_rates, timed
+from rsbook.book.throughput import decision_rates, engine_rates
+from rsbook.timing import timed
 
 HEADLINE = "cifar_resnet110"
 

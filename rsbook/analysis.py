@@ -396,7 +396,7 @@ def table_status(comparison: pd.DataFrame) -> str:
     if not statuses:
         return STATUSES[3]
     if not statuses & set(STATUSES):
-        return statuses.pop()  # results with nothing published (rsbook.report.COMPUTED)
+        return statuses.pop()  # results with nothing published (rsbook.book.report.COMPUTED)
     for status in (STATUSES[2], STATUSES[3], STATUSES[1]):
         if status in statuses:
             return status

@@ -26,7 +26,7 @@ Imagenette RandomResizedCrop(224) + random horizontal flip. Evaluation transform
 CIFAR-10 none, ImageNet/Imagenette Resize(256) + CenterCrop(224). Random transforms draw from torch's
 global generator (seeded by torch.manual_seed, and per worker by a DataLoader's generator).
 
-For checks before a run (rsbook.preflight): `layout(name)` states an on-disk dataset's layout,
+For checks before a run (rsbook.book.preflight): `layout(name)` states an on-disk dataset's layout,
 FULL_SIZES the real datasets' counts, and `survey(name, split)` lists every defect of a split on disk
 and counts its examples without decoding an image.
 """
@@ -273,7 +273,7 @@ def input_shape(name: str) -> tuple[int, ...]:
     return tuple(_entry(name)["input_shape"])
 
 
-# ------------------------------------------------------------------ layouts and fast counts (rsbook.preflight)
+# ------------------------------------------------------------------ layouts and fast counts (rsbook.book.preflight)
 
 FULL_SIZES = {
     "cifar10": {"train": 50_000, "test": 10_000},

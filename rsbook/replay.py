@@ -200,7 +200,7 @@ def grid_cost(dataset: str, sigma: float, radii, *, n: int, alpha: float, n0: in
     """Mean draws per example (n0 included) of the grid test at `radii` on `dataset` certified at `sigma`, replayed
     (replay_grid) on the authors' released certify log of that dataset whose model was trained at `noise` (default
     sigma) and certified at `sigma` (rsbook.published.released_logs, test split); None when they released none.
-    options: grid_plan's keyword arguments and stop_if_wrong. Used by rsbook.plan to estimate sequential steps."""
+    options: grid_plan's keyword arguments and stop_if_wrong. Used by rsbook.book.plan to estimate sequential steps."""
     noise = float(sigma if noise is None else noise)
     if published.artifacts(kind="certify_log", dataset=dataset).empty:
         return None

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rsbook import steps as core
+from rsbook.book import steps as core
+from rsbook.book.running import is_done
 from rsbook.ancer import pipeline as ar
 from rsbook.ancer.steps import MODULE, image_argv
 
@@ -88,7 +89,7 @@ def test_two_processes_write_the_one_process_rows_and_the_chapter_only_reads_bac
     # the step is complete on disk: its run folder's manifest is stamped finished, no shard left
     step = core.Step("ancer", "image", "optimise_certify", argv=tuple(_argv(digits_checkpoint, root)), module=MODULE,
                      sharded=True, output=folder, examples=EXAMPLES)
-    assert core.is_done(step)
+    assert is_done(step)
 
     def boom(*args, **kwargs):
         raise AssertionError("the chapter's call computed a row the command had written")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rsbook import steps as core
+from rsbook.book import steps as core
+from rsbook.book.running import is_done
 from rsbook.cohen import pipeline as ex
 from rsbook.cohen.steps import MODULE, attack_argv, topk_argv
 from rsbook.data import load_dataset
@@ -91,7 +92,7 @@ def single(digits_checkpoint, certify_log, tmp_path_factory):
 def _finished(folder: Path):
     assert not list(folder.glob("*.part*"))
     step = core.Step("cohen_rerun", folder.name, "topk", argv=("topk",), module=MODULE, sharded=True, output=folder)
-    assert core.is_done(step)
+    assert is_done(step)
 
 
 def test_two_processes_write_the_one_process_topk_rows_and_the_chapter_only_reads_back(
@@ -149,7 +150,7 @@ def test_a_killed_two_process_topk_run_resumes_from_its_shards(single, digits_ch
     folder = root / "topk" / next((single["root"] / "topk").iterdir()).name
     shutil.copytree(next((single["root"] / "topk").iterdir()), folder)
     _kill(folder, len(KS))
-    assert not core.is_done(core.Step("cohen_rerun", "t", "topk", argv=("topk",), module=MODULE, sharded=True,
+    assert not is_done(core.Step("cohen_rerun", "t", "topk", argv=("topk",), module=MODULE, sharded=True,
                                       output=folder))
     assert _torchrun(_topk_argv(digits_checkpoint, root)) == folder
     pd.testing.assert_frame_equal(pd.read_csv(folder / "results.tsv", sep="\t"), single["topk"])

@@ -6,6 +6,8 @@
   at the top must be used by the core itself, by at least two documents, or by nothing yet (the
   command line's entry points).
 - Each document package says what it is and offers its public names (`help(rsbook.<package>)`).
+- The machinery that builds the book lives in rsbook.book, whose docstring maps it; the library never imports
+  it: only the machinery itself and the document packages' steps modules do (issue 21).
 """
 
 import ast
@@ -18,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "rsbook"
 DOCUMENTS = ("cohen", "relax", "fars", "ancer")
+MACHINERY = "book"
 CHAPTERS = {"cohen_logs": "cohen", "cohen_rerun": "cohen", "relax": "relax", "fars": "fars", "ancer": "ancer",
             "sequential": "core", "intro": "core"}
 
@@ -113,3 +116,19 @@ def test_each_document_package_is_its_chapters_map(package):
     for path in (LIBRARY / package).glob("*.py"):
         if path.stem != "__init__":
             assert path.stem in module.__doc__, f"rsbook.{package}'s docstring does not mention {path.stem}"
+
+
+def test_the_library_never_imports_the_book_machinery():
+    """Issue 21: no module outside rsbook.book and the document packages' steps modules imports rsbook.book."""
+    offenders = [(module, target) for module, targets in _library_imports().items() for target in targets
+                 if target.startswith(f"rsbook.{MACHINERY}") and not module.startswith(f"rsbook.{MACHINERY}")
+                 and not (_room(module) in DOCUMENTS and module.endswith(".steps"))]
+    assert offenders == []
+
+
+def test_the_machinery_is_its_own_map():
+    module = importlib.import_module(f"rsbook.{MACHINERY}")
+    assert module.__doc__ and "never imports it" in module.__doc__
+    for path in (LIBRARY / MACHINERY).glob("*.py"):
+        if path.stem != "__init__":
+            assert f"  {path.stem} " in module.__doc__, f"rsbook.{MACHINERY}'s docstring does not map {path.stem}"

@@ -1,4 +1,4 @@
-"""rsbook.plan (issue 12, part 4): a measured rate is cached and capped by the time budget; a step's seconds
+"""rsbook.book.plan (issue 12, part 4): a measured rate is cached and capped by the time budget; a step's seconds
 are its work over the measured rate, divided across processes only for a launched command that shards on
 GPUs, scaled by what is left; the plan of a profile lists every step of the four computing chapters, writes
 plan-<profile>.json with the agreed keys and prints the total in hours, with CPU figures said to be CPU
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from rsbook import launch as launch_module
-from rsbook import plan as planner
-from rsbook import steps
-from rsbook.plan import COMPUTING_CHAPTERS, Meter
-from rsbook.preflight import chapter_parameters
+from rsbook.book import commands, steps
+from rsbook.book import plan as planner
+from rsbook.book.running import is_done
+from rsbook.book.plan import COMPUTING_CHAPTERS, Meter
+from rsbook.book.profiles import chapter_parameters
 
 
 def _count_iterations(monkeypatch):
@@ -31,7 +32,7 @@ def _count_iterations(monkeypatch):
 def test_a_rate_is_measured_once_and_grows_to_the_batch_asked(monkeypatch, one_thread):
     calls = _count_iterations(monkeypatch)
     meter = Meter(budget=5.0)
-    model = steps.core_model("digits_cnn", "digits")
+    model = commands.core_model("digits_cnn", "digits")
     found = meter.rate(model, "forward", 16, "cpu")
     assert found.batch == 16 and found.rate > 0 and found.device == "cpu" and not found.extrapolated
     assert list(dict.fromkeys(size for _, size in calls)) == [1, 4, 16]  # x4 from 1, a warm-up and timed calls each
@@ -46,7 +47,7 @@ def test_a_slow_operation_is_extrapolated_from_the_sizes_it_could_afford(monkeyp
     # a fixed cost per call plus a cost per input: 1 and 4 are measured (16 would take over budget / 2)
     monkeypatch.setattr(Meter, "_time", lambda self, model, module, operation, size, device: 0.5 + 0.01 * size)
     meter = Meter(budget=2.0)
-    model = steps.core_model("digits_cnn", "digits")
+    model = commands.core_model("digits_cnn", "digits")
     found = meter.rate(model, "forward", 1000, "cpu")
     assert found.extrapolated and found.batch == 4
     assert found.rate == pytest.approx(1000 / (0.5 + 0.01 * 1000))  # the fixed cost is paid once per call
@@ -66,7 +67,7 @@ class _FixedMeter:
 
 
 def _certify_and_train(tmp_path, device="cpu"):
-    model = steps.core_model("digits_cnn", "digits")
+    model = commands.core_model("digits_cnn", "digits")
     certify = steps.Step("t", "certify", "certify", device, argv=("certify", "--out", "x"),
                          output=tmp_path / "certify.tsv", examples=10, work=(steps.Work("forward", model, 1000, 100),))
     train = steps.Step("t", "train", "train", device, argv=("train", "--out", "x"), output=tmp_path / "checkpoint.pt",
@@ -138,7 +139,7 @@ def test_after_the_smoke_book_every_step_the_chapters_ran_is_done(smoke_book, mo
         for step in steps.chapter_steps(chapter, chapter_parameters(chapter, "smoke"), runs_dir / chapter / "smoke"):
             if step.output is None and step.record is None:
                 continue  # a measurement, rerun at every execution
-            assert steps.is_done(step), (chapter, step.name)
+            assert is_done(step), (chapter, step.name)
 
 
 def test_the_rerun_chapter_s_paths_side_by_side(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""rsbook.preflight (issue 12, part 3): before the book executes anything, every unmet requirement of the
+"""rsbook.book.preflight (issue 12, part 3): before the book executes anything, every unmet requirement of the
 chapters it will run is listed at once, each with the layout or setting expected. Datasets are checked in
 the on-disk formats rsbook.data reads (miniatures written here, with counts passed in the requirement),
 without decoding an image."""
@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from conftest import mirror_path, write_image_folder
-from rsbook import data, preflight
-from rsbook.preflight import (ArtifactRequirement, CudaRequirement, DatasetRequirement, DiskRequirement, check,
-                              chapter_parameters, checkpoint_bytes, disk_estimate, requirements)
+from rsbook import data
+from rsbook.book import disk, needs, preflight, profiles, requirements as gathered
+from rsbook.book.disk import checkpoint_bytes, disk_estimate
+from rsbook.book.preflight import check
+from rsbook.book.profiles import chapter_parameters
+from rsbook.book.requirements import (ArtifactRequirement, CudaRequirement, DatasetRequirement, DiskRequirement,
+                                      requirements)
 
 RELEASED = "locuslab/smoothing/data/predict/imagenet/resnet50/noise_0.25/test/N_100"
 SPLITS = {"train": 14, "test": 5}  # the `cifar` fixture's miniature CIFAR-10
@@ -53,7 +57,7 @@ def test_every_missing_item_is_listed_at_once_with_the_layout_expected(cifar, tm
     for m in missing:
         found[m.kind, m.item] = found.get((m.kind, m.item), m)
         if found[m.kind, m.item] is not m:
-            found[m.kind, m.item] = preflight.Missing(m.kind, m.item, f"{found[m.kind, m.item].problem} | {m.problem}",
+            found[m.kind, m.item] = gathered.Missing(m.kind, m.item, f"{found[m.kind, m.item].problem} | {m.problem}",
                                                       m.expected, m.chapters)
     assert "data_batch_3 does not exist" in found["dataset", "cifar10 train"].problem
     assert f"{folder} holds 5 examples, expected 6" in found["dataset", "cifar10 test"].problem
@@ -199,7 +203,7 @@ def test_parameters_are_the_cell_defaults_replaced_by_the_profile_then_the_overr
     kinds = {type(r).__name__: r for r in reqs}
     assert kinds["DatasetRequirement"].dataset == "cifar10" and kinds["DatasetRequirement"].chapters == ("mini",)
     assert kinds["CudaRequirement"].devices == 3
-    assert preflight.book_chapters(book) == ["intro", "mini"]
+    assert profiles.book_chapters(book) == ["intro", "mini"]
 
 
 @pytest.mark.parametrize("cell, message", [
@@ -241,7 +245,7 @@ def test_the_book_at_full_needs_its_datasets_a_gpu_and_the_artifacts(tmp_path):
 
 
 def test_only_the_parameters_that_name_data_to_load_make_a_dataset_requirement(tmp_path):
-    reqs = preflight.requirements_for({
+    reqs = gathered.requirements_for({
         "sequential": {"headline": {"dataset": "cifar10", "noise": 0.25}, "device": "cpu"},  # picks a released log
         "ancer": {"image": {"dataset": "imagenette"}, "toy": {"dataset": "imagenet"}},
         "newcomer": {"dataset": "cifar10", "other": {"dataset": "imagenet"}}}, runs=tmp_path)
@@ -282,15 +286,15 @@ def test_a_checkpoint_estimate_covers_a_real_checkpoint(tmp_path):
 def test_the_estimate_counts_every_model_a_chapter_trains(tmp_path):
     p = chapter_parameters("cohen_rerun", "full")
     parts = dict(disk_estimate("cohen_rerun", p))
-    resnet110 = preflight.core_parameters("cifar_resnet110", 10)
+    resnet110 = disk.core_parameters("cifar_resnet110", 10)
     assert parts[f"4 x cifar_resnet110 on cifar10 checkpoint ({resnet110:,} parameters)"] == 4 * checkpoint_bytes(
         resnet110)
     assert any(what.startswith("3 x resnet50 on imagenet") for what in parts)
     assert dict(disk_estimate("intro", {})) == {"logs, tables, executed notebook and figures (allowance)":
-                                                preflight.OUTPUT_ALLOWANCE}
+                                                disk.OUTPUT_ALLOWANCE}
 
 
-@pytest.mark.parametrize("profile", preflight.PROFILES)
+@pytest.mark.parametrize("profile", profiles.PROFILES)
 def test_the_document_model_bounds_hold_at_every_profile(profile):
     """relax's and FaRS's models live in their document packages: their disk estimates count them at the
     packages' MODEL_PARAMETERS bounds, checked here against the models built."""
@@ -328,15 +332,16 @@ def test_the_ancer_records_grow_with_the_inputs_and_the_rancer_rank():
 # ------------------------------------------------------------------------------------------ requirements live with their documents
 
 def test_the_core_names_no_chapter_each_document_declares_its_needs():
-    """Issue 18, part 5: rsbook.preflight knows no chapter by name; each document package declares what its
-    chapters need beside its steps (preflight.declare in <package>/steps.py)."""
+    """Issue 18, part 5: the requirement machinery (rsbook.book's profiles, needs, disk, requirements and
+    preflight) knows no chapter by name; each document package declares what its chapters need beside its steps
+    (needs.declare in <package>/steps.py)."""
     import inspect
 
-    source = inspect.getsource(preflight)
+    sources = "".join(inspect.getsource(module) for module in (profiles, needs, disk, gathered, preflight))
     for chapter in ("cohen_rerun", "cohen_logs", "relax", "fars", "ancer", "sequential"):
-        assert f'"{chapter}"' not in source and f"'{chapter}'" not in source
-        assert preflight.needs(chapter) != preflight.Needs() or chapter == "intro"
-    assert preflight.needs("ancer").datasets == ("image.dataset",)
-    assert preflight.needs("nobody") == preflight.Needs()
+        assert f'"{chapter}"' not in sources and f"'{chapter}'" not in sources
+        assert needs.needs(chapter) != needs.Needs()
+    assert needs.needs("ancer").datasets == ("image.dataset",)
+    assert needs.needs("nobody") == needs.Needs()
     with pytest.raises(ValueError, match="Needs value"):
-        preflight.declare("x", {"datasets": ()})
+        needs.declare("x", {"datasets": ()})

@@ -10,10 +10,11 @@ import nbformat
 import pandas as pd
 import pytest
 
-from rsbook import steps
+from rsbook.book import steps
+from rsbook.book.running import is_done
 from rsbook.cohen import steps as cohen_steps
 from rsbook.logs import read_certify_log, read_log_manifest
-from rsbook.preflight import chapter_parameters
+from rsbook.book.profiles import chapter_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -51,7 +52,7 @@ def test_the_full_path_launches_its_steps_and_the_chapter_reads_their_logs(runs,
     assert [s.kind for s in commands] == ["train", "certify", "certify", "predict", "predict", "predict", "topk",
                                           "attack"]
     for step in commands:
-        assert steps.is_done(step), step.name
+        assert is_done(step), step.name
         launched = "launched, 2 processes" if step.splits_work else "launched, 1 process"
         assert f"{step.name} ({launched})" in output
     for step in steps.outputs(plan, "certify"):

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from conftest import write_cohen_checkpoint
-from rsbook import preflight, released
+from rsbook import released
+from rsbook.book import disk, preflight
 from rsbook.cohen import steps as cohen_steps
 from rsbook.models import load_checkpoint
-from rsbook.preflight import ModelRequirement, check, chapter_parameters, requirements
+from rsbook.book.preflight import check
+from rsbook.book.profiles import chapter_parameters
+from rsbook.book.requirements import ModelRequirement, requirements
 
 
 def _cifar(root, **kwargs):
@@ -83,11 +86,11 @@ def test_a_released_model_replaces_its_training_step_and_the_disk_estimate(tmp_p
     assert all(str(file) in s.argv for s in plan if s.kind == "certify_radius" and s.info["noise"] == 0.25
                and s.info["dataset"] == "cifar10")
     assert cohen_steps.checkpoints(plan)["cifar10"][0.25] == file
-    from rsbook import plan as planner
+    from rsbook.book import plan as planner
 
     row = planner._estimate(use, p, planner.Meter())  # `make plan`: the file it will use, no training, no cost
     assert row["done"] and row["seconds"] == 0.0 and row["kind"] == "released" and str(file) in row["note"]
-    parts = dict(preflight.disk_estimate("cohen_rerun", p))
+    parts = dict(disk.disk_estimate("cohen_rerun", p))
     assert any(what.startswith("3 x cifar_resnet110 on cifar10") for what in parts)
     off = cohen_steps.steps({**p, "released": False}, tmp_path / "runs")
     assert not [s for s in off if s.kind == "released"]

@@ -12,7 +12,7 @@ import pytest
 
 from rsbook import published
 from rsbook.analysis import DIFFERENT_DATA, STATUSES
-from rsbook.report import (
+from rsbook.book.report import (
     ADDED,
     COMPARISONS,
     COMPUTED,
@@ -247,7 +247,7 @@ def test_scoreboard_one_row_per_chapter(runs):
 
 
 def test_results_without_a_published_number_are_listed(runs):
-    from rsbook.report import COMPUTED
+    from rsbook.book.report import COMPUTED
 
     run = ChapterRun("relax", "smoke", {})
     ours = pd.DataFrame({"lp": {0.01: 0.9, 0.02: 0.7}, "milp": {0.01: 0.92, 0.02: 0.75}})

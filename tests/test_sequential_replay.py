@@ -132,7 +132,7 @@ def test_decision_rates_and_random_batch_rate():
     """The `make bench` cases behind the chapter's cost estimate: samples per decision and decisions per second."""
     import torch
 
-    from rsbook import throughput
+    from rsbook.book import throughput
     from rsbook.models import build
     from rsbook.smooth import Smooth
 

@@ -1,4 +1,4 @@
-"""Throughput measurement (rsbook.throughput) and `make bench` (benchmarks/bench_certify.py)."""
+"""Throughput measurement (rsbook.book.throughput) and `make bench` (benchmarks/bench_certify.py)."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ import torch
 
 from rsbook.models import build
 from rsbook.smooth import Smooth
-from rsbook.throughput import engine_rates, load_results, measure_rates
+from rsbook.book.throughput import engine_rates, load_results, measure_rates
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

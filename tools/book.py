@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from rsbook.preflight import PAPER_SCALE, PROFILES
+from rsbook.book.profiles import PAPER_SCALE, PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -45,7 +45,7 @@ PARAMETERS_HEADER = "# profile: {profile} — parameters of this build"
 
 def toc_documents(book: Path = BOOK) -> list[str]:
     """Documents of _toc.yml in reading order, root first, as paths relative to book/ without suffix."""
-    from rsbook.preflight import toc_documents as documents
+    from rsbook.book.profiles import toc_documents as documents
 
     return documents(book)
 
@@ -57,9 +57,9 @@ def is_notebook(path: Path) -> bool:
 
 
 def parameters_for(name: str, profile: str, overrides: dict) -> dict:
-    """The chapter's parameters at `profile` (book/profiles/<name>.yml, rsbook.preflight.profile_parameters),
+    """The chapter's parameters at `profile` (book/profiles/<name>.yml, rsbook.book.profiles.profile_parameters),
     then the overrides."""
-    from rsbook.preflight import profile_parameters
+    from rsbook.book.profiles import profile_parameters
 
     if profile not in PROFILES:
         raise SystemExit(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -178,8 +178,8 @@ def presented(notebook):
 
 
 def write_results(profile: str, runs: Path, path: Path) -> Path:
-    """Every cell every chapter recorded at `profile` (rsbook.report.comparisons) as one CSV at `path`."""
-    from rsbook.report import comparisons
+    """Every cell every chapter recorded at `profile` (rsbook.book.report.comparisons) as one CSV at `path`."""
+    from rsbook.book.report import comparisons
 
     path.parent.mkdir(parents=True, exist_ok=True)
     comparisons(profile, runs).to_csv(path, index=False)
@@ -215,17 +215,18 @@ def render(profile: str, runs: Path, out: Path, executed: dict[str, Path]) -> Pa
 
 
 def preflight(profile: str, runs: Path, chapters: list[str], overrides: dict | None = None):
-    """Check every requirement of `chapters` at `profile` before anything executes (rsbook.preflight:
+    """Check every requirement of `chapters` at `profile` before anything executes (rsbook.book.preflight:
     datasets under RSBOOK_DATA with their counts, CUDA devices, free disk, the authors' artifacts); exit
     with status 2 listing every missing item at once. The smoke and default builds download artifacts
     that are not cached yet themselves, so without RSBOOK_MIRROR they are not required up front."""
-    from rsbook import preflight as pf
+    from rsbook.book.preflight import check, report
+    from rsbook.book.requirements import ArtifactRequirement, requirements
 
-    reqs = pf.requirements(chapters, profile, book=BOOK, runs=runs, overrides=overrides)
+    reqs = requirements(chapters, profile, book=BOOK, runs=runs, overrides=overrides)
     if profile not in PAPER_SCALE and not os.environ.get("RSBOOK_MIRROR"):
-        reqs = [r for r in reqs if not isinstance(r, pf.ArtifactRequirement)]
-    missing = pf.check(reqs)
-    print(pf.report(reqs, missing), file=sys.stderr if missing else sys.stdout)
+        reqs = [r for r in reqs if not isinstance(r, ArtifactRequirement)]
+    missing = check(reqs)
+    print(report(reqs, missing), file=sys.stderr if missing else sys.stdout)
     if missing:
         print(f"[book] preflight: {len(missing)} item(s) missing at profile {profile}; nothing was executed",
               file=sys.stderr)

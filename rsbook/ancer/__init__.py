@@ -15,7 +15,7 @@ must be reconciled (Algorithm 1).
     toy          the seeded 2-D toy sets and the thesis's shallow classifiers (Sec. 5.1, 5.3.2)
     pipeline     the four-method experiment as resumable runs (Tables 5.1-5.6)
     plots        the chapter's figures (accuracy curves, certified regions, optimisation traces)
-    steps        the chapter's heavy steps, described once (rsbook.steps): `rsbook train` of the image
+    steps        the chapter's heavy steps, described once (rsbook.book.steps): `rsbook train` of the image
                  classifier and the four-method runs, for the chapter and `make plan`
 
 The proxy radius is the radius of the ball with the certified region's volume: a size, not an l2

@@ -1,5 +1,5 @@
-"""The heavy steps of the ANCER chapter, described once for the chapter and for the plan (rsbook.steps,
-rsbook.plan).
+"""The heavy steps of the ANCER chapter, described once for the chapter and for the plan (rsbook.book.steps,
+rsbook.book.plan).
 
     steps(parameters, root)  in the order the chapter runs them:
         the toy and the released 2-D runs of the four methods (run_methods on the CPU, in the chapter),
@@ -10,12 +10,12 @@ rsbook.plan).
 run_methods optimises sigma per input, then CERTIFIES it, for Fixed / Isotropic / ANCER / RANCER. The
 2-D runs are tiny and stay in the chapter's process. The image run is a command of the pipeline's own
 command line (module 'rsbook.ancer.pipeline', sharded: under torchrun each process takes whole chunks
-of inputs, rsbook.ancer.pipeline): rsbook.steps.run runs it in the chapter's process (launch=False) or
+of inputs, rsbook.ancer.pipeline): rsbook.book.running.run runs it in the chapter's process (launch=False) or
 through torchrun with one process per device (launch=True, profile full). It loads the checkpoint the
 train step leaves, draws the chapter's test inputs and writes the run folder the chapter's own
 run_methods call computes (rsbook.ancer.pipeline.image_run_folder), so that call finds every chunk
 done and only reads back. The step's output is that run folder, complete once its manifest.json is
-stamped finished with no per-process shard left (rsbook.steps.progress). Its cost
+stamped finished with no per-process shard left (rsbook.book.running.progress). Its cost
 per input: each optimiser's iterations x num_samples gradient evaluations (a batch of chunk x
 num_samples noisy copies), RANCER's Lanczos Hessian-vector products (the custom operation 'hvp'), and
 n0 + n forward passes per method for CERTIFY.
@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from rsbook import data, preflight
-from rsbook import steps as core
+from rsbook import data
+from rsbook.book import commands, disk, needs
+from rsbook.book import steps as core
 
 __all__ = ["CHAPTER", "MODULE", "RELEASED_WEIGHTS", "steps", "hvp", "toy_model_id", "image_argv"]
 
@@ -149,12 +150,12 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
                              note=problem or "runs in the chapter's process on the CPU (no rsbook command)",
                              info={"label": label}))
     image, settings = p["image"], dict(p["image_settings"])
-    train = core.train_step(CHAPTER, root, image["dataset"], image["arch"], image["train_sigma"],
+    train = commands.train_step(CHAPTER, root, image["dataset"], image["arch"], image["train_sigma"],
                             epochs=image["epochs"], seed=seed, device=device, workers=image.get("workers"),
                             batch_size=image["batch"], lr_step=image["lr_step"])
     out.append(train)
     dataset, chunk = image["dataset"], int(p["image_chunk"])
-    count = min(int(image["num_examples"]), core.dataset_size(dataset, "test"))
+    count = min(int(image["num_examples"]), commands.dataset_size(dataset, "test"))
     model = _image_model(image["arch"], dataset)
     name, work = f"four methods on {count:,} {dataset} test images", _run_work(model, count, settings, chunk)
     try:
@@ -194,18 +195,18 @@ def _disk(p: Mapping) -> list:
     if "dataset" not in image or "arch" not in image:
         return []
     dataset = image["dataset"]
-    parts = preflight.model_parts(1, f"{image['arch']} on {dataset}",
-                                  preflight.core_parameters(image["arch"], data.num_classes(dataset)))
+    parts = disk.model_parts(1, f"{image['arch']} on {dataset}",
+                                  disk.core_parameters(image["arch"], data.num_classes(dataset)))
     d = math.prod(data.input_shape(dataset))
     rank = (settings.get("rancer") or {}).get("rank") or d
     iterations = sum((settings.get(m) or {}).get("iterations", 0) for m in ("iso", "ancer", "rancer"))
     per_input = 2 + d + d + d * rank + 3 * rank + 7 * iterations
     examples = int(image.get("num_examples", 0) or 0)
     if examples:
-        parts.append(preflight.Part(f"ANCER records of {examples:,} inputs ({per_input:,} values each)", 1,
+        parts.append(needs.Part(f"ANCER records of {examples:,} inputs ({per_input:,} values each)", 1,
                                     examples * per_input * RECORD_VALUE_BYTES, False))
     return parts
 
 
-preflight.declare(CHAPTER, preflight.Needs(datasets=("image.dataset",),
+needs.declare(CHAPTER, needs.Needs(datasets=("image.dataset",),
                                            artifacts=lambda p: [{"repo": "tarasrumezhak/RANCER"}], disk=_disk))

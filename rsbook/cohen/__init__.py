@@ -10,7 +10,7 @@ document builds on it. This package holds what re-running the paper adds (book c
               attacks on certified examples, the train x certify noise matrix
     topk      top-k certificates (Jia et al. 2020, Thm. 1, with SimuEM bounds; lecture notes, top-k)
     attacks   smoothed l2 PGD against a certified radius (Sec. 4, "Empirical tightness", App. J.3)
-    steps     the chapter's heavy steps, described once (rsbook.steps): `rsbook train` / `certify` /
+    steps     the chapter's heavy steps, described once (rsbook.book.steps): `rsbook train` / `certify` /
               `predict` commands the chapter runs (through torchrun at profile full) and `make plan` estimates
 
 Noise training (`rsbook.train`), datasets and architectures (`rsbook.data`, `rsbook.models`) and

@@ -1,5 +1,5 @@
 """The heavy steps of the re-run chapter (book chapter "Cohen et al. (2019), re-run"), described once
-for the chapter and for the plan (rsbook.steps, rsbook.plan).
+for the chapter and for the plan (rsbook.book.steps, rsbook.book.plan).
 
     steps(parameters, root)  every step at the chapter's parameters, in the order they run:
         one `rsbook train` per dataset and noise level (Sec. 3.3), or, where the authors released that model and
@@ -14,13 +14,13 @@ for the chapter and for the plan (rsbook.steps, rsbook.plan).
         certified examples of the matched certify log of their (dataset, sigma), a certify step earlier
         in the list (`python -m rsbook.cohen.pipeline attack --certify-log LOG`, attack_argv).
 
-The chapter runs them with rsbook.steps.run (in its process at the smoke and default profiles, through
+The chapter runs them with rsbook.book.running.run (in its process at the smoke and default profiles, through
 torchrun at full: one process per GPU; top-k and attack are sharded commands of the module
 'rsbook.cohen.pipeline', each process taking every K-th example still missing) and reads the results
 with `checkpoints`, `grids` and `predict_logs`, which return what rsbook.train.train_models,
 rsbook.cohen.pipeline.certify_grid and predict_runs return. The top-k and attack steps' outputs are the
 run folders rsbook.cohen.pipeline.topk_radii and attack_runs use (topk_folder, attack_folder), complete
-once their manifest.json is stamped finished with no per-process shard left (rsbook.steps.progress), so
+once their manifest.json is stamped finished with no per-process shard left (rsbook.book.running.progress), so
 the chapter's own calls afterwards only read back.
 """
 
@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rsbook import preflight, released
-from rsbook import steps as core
+from rsbook import released
+from rsbook.book import commands, disk, needs
+from rsbook.book import steps as core
 from rsbook.logs import read_certify_log, read_log, read_predict_log
 
 __all__ = ["CHAPTER", "MODULE", "CERTIFY_MODES", "steps", "checkpoints", "models", "grids", "figure_logs",
@@ -105,9 +106,9 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
         for sigma in _sigmas(setting, p):
             file = released.path(dataset, setting["arch"], sigma) if p.get("released", True) else None
             if file is not None:
-                step = core.released_step(CHAPTER, dataset, setting["arch"], sigma, file)
+                step = commands.released_step(CHAPTER, dataset, setting["arch"], sigma, file)
             else:
-                step = core.train_step(CHAPTER, root, dataset, setting["arch"], sigma, epochs=setting["epochs"],
+                step = commands.train_step(CHAPTER, root, dataset, setting["arch"], sigma, epochs=setting["epochs"],
                                        seed=seed, device=device, workers=setting.get("workers"),
                                        batch_size=setting["batch"], lr_step=setting["lr_step"])
             trained[dataset][sigma] = step
@@ -119,19 +120,19 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
                           noise=noise)
             for sigma in sorted({noise, *map(float, p.get("cross_sigmas", ()))}):
                 if mode == "fixed":
-                    out.append(core.certify_step(CHAPTER, root, dataset, model.output, setting["arch"], sigma, n0=n0,
+                    out.append(commands.certify_step(CHAPTER, root, dataset, model.output, setting["arch"], sigma, n0=n0,
                                                  n=n, alpha=alpha, skip=setting["skip"], table=sigma == noise,
                                                  **common))
                     continue
                 radii = table_radii(dataset, p) if sigma == noise else [float(p["matrix_radius"])]
-                out.append(core.certify_grid_step(
+                out.append(commands.certify_grid_step(
                     CHAPTER, root, dataset, model.output, setting["arch"], sigma, radii, n0=n0, n_max=n, alpha=alpha,
                     method=options.get("method", "betting"), futility=float(options.get("futility", 0.001)),
                     stop_if_wrong=bool(options.get("stop_if_wrong", False)), skip=setting["skip"],
                     samples_per_example=_grid_samples(dataset, noise, sigma, radii, p, options),
                     table=sigma == noise, **common))
                 if sigma == noise and (dataset, sigma) in figures:
-                    out.append(core.certify_step(CHAPTER, root, dataset, model.output, setting["arch"], sigma, n0=n0,
+                    out.append(commands.certify_step(CHAPTER, root, dataset, model.output, setting["arch"], sigma, n0=n0,
                                                  n=n, alpha=alpha, skip=setting["skip"] * int(p.get("figure_skip", 1)),
                                                  name=f"certify {dataset}, σ = {sigma:g} (fixed n, for the figures)",
                                                  **common))
@@ -140,7 +141,7 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
         model = trained[predict["dataset"]][float(predict["sigma"])]
         arch = p["experiments"][predict["dataset"]]["arch"]
         for count in dict.fromkeys([*predict["ns"], predict["reference_n"]]):
-            out.append(core.predict_step(CHAPTER, root, predict["dataset"], model.output, arch, predict["sigma"],
+            out.append(commands.predict_step(CHAPTER, root, predict["dataset"], model.output, arch, predict["sigma"],
                                          n=int(count), alpha=alpha, batch=predict["batch"], skip=predict["skip"],
                                          seed=seed, device=device, trained_epochs=model.epochs))
     topk = p.get("topk")
@@ -187,11 +188,11 @@ def _topk(root: Path, p: Mapping, topk: Mapping, trained, alpha: float, seed: in
     folder = topk_folder(root, dataset, model.output, sigma, ks, n=n, alpha=alpha, batch_size=batch, skip=skip)
     argv = topk_argv(root, dataset, model.output, sigma, ks, n=n, alpha=alpha, batch=batch, skip=skip, seed=seed,
                      device=device)
-    examples = core.selected_examples(dataset, "test", skip)
+    examples = commands.selected_examples(dataset, "test", skip)
     arch = p["experiments"][dataset]["arch"]
     return core.Step(CHAPTER, f"top-k radii {dataset}, σ = {sigma:g}", "topk", device, argv=tuple(argv),
                      module=MODULE, sharded=True, output=folder, examples=examples,
-                     work=(core.Work("forward", core.core_model(arch, dataset), examples * n, batch),),
+                     work=(core.Work("forward", commands.core_model(arch, dataset), examples * n, batch),),
                      note="python -m rsbook.cohen.pipeline topk (examples shared among the processes when launched)",
                      info={"dataset": dataset, "sigma": sigma})
 
@@ -217,11 +218,11 @@ def _attack(root: Path, p: Mapping, attack: Mapping, trained, earlier, alpha: fl
     folder = attack_folder(root, dataset, model.output, sigma, multipliers, batch_size=int(attack["batch"]), **options)
     argv = attack_argv(root, dataset, model.output, sigma, log.output, multipliers, batch=int(attack["batch"]),
                        max_examples=attack.get("max_examples"), seed=seed, device=device, **options)
-    examples = core.selected_examples(dataset, "test", int(setting["skip"]))
+    examples = commands.selected_examples(dataset, "test", int(setting["skip"]))
     if attack.get("max_examples") is not None:
         examples = min(examples, int(attack["max_examples"]))
     per = examples * len(attack["multipliers"])
-    net = core.core_model(setting["arch"], dataset)
+    net = commands.core_model(setting["arch"], dataset)
     return core.Step(CHAPTER, f"attack {dataset}, σ = {sigma:g}", "attack", device, argv=tuple(argv), module=MODULE,
                      sharded=True, output=folder, examples=examples,
                      work=(core.Work("gradient", net, per * int(attack["steps"]) * int(attack["num_noise"]),
@@ -318,15 +319,15 @@ def _disk(p: Mapping) -> list:
     for dataset, setting in (p.get("experiments") or {}).items():
         trained = [s for s in _sigmas(setting, p)
                    if not (p.get("released", True) and released.path(dataset, setting["arch"], s))]
-        parts += preflight.model_parts(len(trained), f"{setting['arch']} on {dataset}",
-                                       preflight.core_parameters(setting["arch"], data.num_classes(dataset)))
+        parts += disk.model_parts(len(trained), f"{setting['arch']} on {dataset}",
+                                       disk.core_parameters(setting["arch"], data.num_classes(dataset)))
     return parts
 
 
-preflight.declare(CHAPTER, preflight.Needs(datasets=("experiments.*", "predict.dataset", "attack.dataset",
+needs.declare(CHAPTER, needs.Needs(datasets=("experiments.*", "predict.dataset", "attack.dataset",
                                                      "topk.dataset"), disk=_disk, models=_models))
-preflight.declare("cohen_logs", preflight.Needs(artifacts=lambda p: [{"repo": "locuslab/smoothing"}]))
-preflight.declare("sequential", preflight.Needs(artifacts=lambda p: [{"repo": "locuslab/smoothing",
+needs.declare("cohen_logs", needs.Needs(artifacts=lambda p: [{"repo": "locuslab/smoothing"}]))
+needs.declare("sequential", needs.Needs(artifacts=lambda p: [{"repo": "locuslab/smoothing",
                                                                        "kind": "certify_log"}]))
 
 core.register_paths(CHAPTER, {

@@ -12,7 +12,7 @@ the backbone runs once).
                (not a certificate), sparsemax, the smoothed sparsemax head, margin training
     pipeline   training, embeddings, certificate and PGD tables of Tables 1-2, timing (run folders)
     plots      the chapter's figures (certified vs attacked accuracy, seconds per certificate)
-    steps      the chapter's heavy steps, described once (rsbook.steps): training as in-process calls,
+    steps      the chapter's heavy steps, described once (rsbook.book.steps): training as in-process calls,
                certificates, attacks and timing, for the chapter and `make plan`
 """
 

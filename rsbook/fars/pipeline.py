@@ -69,7 +69,7 @@ from rsbook.logs import (
 )
 from rsbook.progress import track
 from rsbook.smooth import ABSTAIN, Smooth
-from rsbook.throughput import timed
+from rsbook.timing import timed
 
 __all__ = ["CHECKPOINT", "TRAIN_LOG", "train_fars", "train_run", "load_fars", "select", "embed", "linear_certificates",
            "per_class_certificates", "per_class_overclaims", "sparsemax_agreement", "smoothing_certificates",

@@ -1,5 +1,5 @@
-"""The heavy steps of the FaRS chapter, described once for the chapter and for the plan (rsbook.steps,
-rsbook.plan).
+"""The heavy steps of the FaRS chapter, described once for the chapter and for the plan (rsbook.book.steps,
+rsbook.book.plan).
 
     steps(parameters, root)  in the order the chapter runs them:
         training (`python -m rsbook.fars.pipeline train`, train_fars): the SLL backbone with its linear
@@ -11,7 +11,7 @@ rsbook.plan).
 
 Training steps are commands of FaRS's own command line (module 'rsbook.fars.pipeline', sharded: it
 trains data parallel under torchrun, rsbook.distributed), since the core's `rsbook` command may not
-import a document package: rsbook.steps.run runs them in the chapter's process through
+import a document package: rsbook.book.running.run runs them in the chapter's process through
 rsbook.fars.pipeline.main (launch=False) or launches them through torchrun with one process per
 device (launch=True, profile full). Each trains into the run folder train_run would use for the same
 settings, root/train/<name>-<digest> (rsbook.logs.run_folder), with train_run's parameters, so either
@@ -31,8 +31,9 @@ import json
 import torch
 import torch.nn.functional as F
 
-from rsbook import data, preflight
-from rsbook import steps as core
+from rsbook import data
+from rsbook.book import commands, disk, needs
+from rsbook.book import steps as core
 from rsbook.logs import run_folder
 
 __all__ = ["CHAPTER", "MODEL_PARAMETERS", "MODULE", "steps", "checkpoints", "train_head", "train_argv"]
@@ -78,7 +79,7 @@ def train_argv(dataset: str, out, **kwargs) -> list:
         elif key == "backbone_checkpoint":
             argv += ["--backbone-checkpoint", Path(value)]
         else:
-            argv += [f"--{key.replace('_', '-')}", core._number(value)]
+            argv += [f"--{key.replace('_', '-')}", commands._number(value)]
     return argv
 
 
@@ -141,7 +142,7 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
     p, root = parameters, Path(root)
     dataset, device, seed, workers = p["dataset"], p.get("device", "cpu"), int(p.get("seed", 0)), p.get("workers", 0)
     backbone, sigma_head = dict(p.get("backbone") or {}), float(p["sigma_head"])
-    train_size, test_size = core.dataset_size(dataset, "train"), core.dataset_size(dataset, "test")
+    train_size, test_size = commands.dataset_size(dataset, "train"), commands.dataset_size(dataset, "test")
     linear = _fars_model(dataset, backbone, [])
     deep = _fars_model(dataset, backbone, p["deep_head"]["hidden"])
     note = ("python -m rsbook.fars.pipeline train (data parallel when launched); data loading not timed"
@@ -233,7 +234,7 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
 def checkpoints(parameters: Mapping, plan, trained: Mapping) -> dict:
     """{'end_to_end', 'checkpoint', 'deep_head'}: the backbone's checkpoint (trained here, or the given
     backbone_checkpoint), the model the chapter certifies (the probe's when probe epochs > 0, else the
-    end-to-end one) and the deeper head's; `trained` is what rsbook.steps.run returned for `plan`."""
+    end-to-end one) and the deeper head's; `trained` is what rsbook.book.running.run returned for `plan`."""
     names = {step.info["name"]: step.name for step in plan if step.kind == "train"}
     end_to_end = parameters.get("backbone_checkpoint")
     end_to_end = trained[names["end_to_end"]] if end_to_end is None else end_to_end
@@ -249,7 +250,7 @@ profile full), for the disk estimate; tests/test_preflight.py builds them at eve
 def _disk(p: Mapping) -> list:
     probe = (p.get("probe") or {}).get("epochs", 0) or 0
     count = (p.get("backbone_checkpoint") is None) + (probe > 0) + ("deep_head" in p)
-    return preflight.model_parts(count, "FaRS backbone + head (bound)", MODEL_PARAMETERS)
+    return disk.model_parts(count, "FaRS backbone + head (bound)", MODEL_PARAMETERS)
 
 
-preflight.declare(CHAPTER, preflight.Needs(datasets=("dataset",), disk=_disk))
+needs.declare(CHAPTER, needs.Needs(datasets=("dataset",), disk=_disk))

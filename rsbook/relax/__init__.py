@@ -12,7 +12,7 @@ Modules:
   geometry   the 2-D pictures: the ball's image under a network and its relaxations
   toy        seeded two-moons data
   plots      the chapter's figures
-  steps      the chapter's heavy steps, described once (rsbook.steps): training runs as in-process calls,
+  steps      the chapter's heavy steps, described once (rsbook.book.steps): training runs as in-process calls,
              certificates and CERTIFY found by their run folders, for the chapter and `make plan`
 
 The public entry points are re-exported here: margin_lower_bounds, certify, Certifier, SolverError.

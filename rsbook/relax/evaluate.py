@@ -362,7 +362,7 @@ def compare_bounds(net, dataset, indices, eps_grid, norm: str, first: str = "ibp
 
 def flatten_index(frame: pd.DataFrame, sep: str = " / ") -> pd.DataFrame:
     """The frame with a MultiIndex of rows joined into one label per row ('standard / lp'), e.g. to
-    record several models' tables as one (rsbook.report.ChapterRun.record)."""
+    record several models' tables as one (rsbook.book.report.ChapterRun.record)."""
     labels = [sep.join(f"{level:g}" if isinstance(level, float) else str(level) for level in key)
               if isinstance(key, tuple) else str(key) for key in frame.index]
     return frame.set_axis(pd.Index(labels, name=sep.join(str(n) for n in frame.index.names)))

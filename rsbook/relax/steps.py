@@ -1,5 +1,5 @@
 """The heavy steps of the relaxation chapter, described once for the chapter and for the plan
-(rsbook.steps, rsbook.plan).
+(rsbook.book.steps, rsbook.book.plan).
 
     steps(parameters, root)  in the order the chapter runs them:
         training of every network (rsbook.relax.training.train_models: standard, dual, IBP and
@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
-from rsbook import data, preflight
-from rsbook import steps as core
+from rsbook import data
+from rsbook.book import commands, disk, needs
+from rsbook.book import steps as core
 from rsbook.logs import LOG_MANIFEST_SUFFIX, run_folder
 
 __all__ = ["CHAPTER", "MODEL_PARAMETERS", "steps", "noise_models", "checkpoints", "robust_step"]
@@ -82,7 +83,7 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
     p, root = parameters, Path(root)
     dataset, arch, hidden = p["dataset"], p["arch"], p.get("hidden")
     device, seed, training = p.get("device", "cpu"), int(p.get("seed", 0)), dict(p.get("training") or {})
-    size, shape = core.dataset_size(dataset, "train"), data.input_shape(dataset)
+    size, shape = commands.dataset_size(dataset, "train"), data.input_shape(dataset)
     model = _model(arch, dataset, hidden)
     batch = int(training.get("batch_size", 64))
     out: list[core.Step] = []
@@ -101,7 +102,7 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
                              work=(core.Work(operation, model, int(settings["epochs"]) * size,
                                              int(arguments.get("batch_size", batch))),),
                              note=in_chapter, info={"name": name}))
-    examples = core.selected_examples(dataset, "test", int(p.get("skip", 1)), int(p.get("max_index", -1)))
+    examples = commands.selected_examples(dataset, "test", int(p.get("skip", 1)), int(p.get("max_index", -1)))
     common = {"skip": int(p.get("skip", 1)), "max_index": int(p.get("max_index", -1))}
     for norm, names, grid in (("linf", p.get("linf_models", ()), p["eps_linf"]), ("l2", p.get("l2_models", ()),
                                                                                     p["eps_l2"])):
@@ -127,7 +128,7 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
 
 
 def checkpoints(plan, trained: Mapping) -> dict:
-    """{network name: checkpoint} of the training steps of `plan`, from what rsbook.steps.run returned."""
+    """{network name: checkpoint} of the training steps of `plan`, from what rsbook.book.running.run returned."""
     return {step.info["name"]: Path(trained[step.name]) for step in plan if step.kind == "train"}
 
 
@@ -138,7 +139,7 @@ conv_small; 215k at profile full), for the disk estimate; tests/test_preflight.p
 
 def _disk(p: Mapping) -> list:
     count = len(p.get("models") or {}) + len((p.get("smoothing") or {}).get("sigmas", ()))
-    return preflight.model_parts(count, f"{p.get('arch', 'relax')} (bound)", MODEL_PARAMETERS)
+    return disk.model_parts(count, f"{p.get('arch', 'relax')} (bound)", MODEL_PARAMETERS)
 
 
-preflight.declare(CHAPTER, preflight.Needs(datasets=("dataset",), disk=_disk))
+needs.declare(CHAPTER, needs.Needs(datasets=("dataset",), disk=_disk))

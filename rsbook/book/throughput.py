@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -19,25 +18,10 @@ import torch
 from rsbook import streams
 from rsbook._checks import check_positive_int
 from rsbook.smooth import Smooth
+from rsbook.timing import timed
 
-__all__ = ["synchronize", "timed", "raw_forward_rate", "certify_rate", "measure_rates", "engine_rates",
+__all__ = ["raw_forward_rate", "certify_rate", "measure_rates", "engine_rates",
            "decision_rates", "random_batch_rate", "describe_device", "load_results"]
-
-
-def synchronize(device) -> None:
-    """Wait for queued kernels on `device` (a no-op on the CPU), so wall-clock times are honest."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, device) -> float:
-    """Seconds one call of `function()` takes on `device`, kernels included."""
-    synchronize(device)
-    start = time.perf_counter()
-    function()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def raw_forward_rate(smooth: Smooth, batch: torch.Tensor, batches: int) -> float:

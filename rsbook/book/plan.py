@@ -1,8 +1,8 @@
 """A cost plan of the book's computing chapters at a profile (issue 12, part 4): every training and
-certification step (rsbook.steps), its estimated time on this machine's devices, and whether it is
+certification step (rsbook.book.steps), its estimated time on this machine's devices, and whether it is
 already done. Nothing is trained or certified, and no dataset is read.
 
-    python -m rsbook.plan --profile full [--runs DIR] [--chapter NAME ...] [--budget SECONDS]
+    python -m rsbook.book.plan --profile full [--runs DIR] [--chapter NAME ...] [--budget SECONDS]
 
 writes <runs>/plan-<profile>.json atomically,
 
@@ -10,8 +10,8 @@ writes <runs>/plan-<profile>.json atomically,
 
 and prints it as a table with the total in hours. How the figures are made:
 
-- The steps are the chapters' own descriptions (rsbook.steps.chapter_steps, from each chapter's
-  parameters at the profile, rsbook.preflight.chapter_parameters, and its run folder
+- The steps are the chapters' own descriptions (rsbook.book.steps.chapter_steps, from each chapter's
+  parameters at the profile, rsbook.book.profiles.chapter_parameters, and its run folder
   <runs>/<chapter>/<profile>): exactly the checkpoints and logs the chapters read.
 - Each step's Work items (inputs through a model for an operation at a batch size) are timed on this
   machine: for every distinct model, operation and device the model is built with random weights and
@@ -26,7 +26,7 @@ and prints it as a table with the total in hours. How the figures are made:
   linear scaling is assumed; on a CPU the processes share the cores, so nothing is divided.
 - A step asking for CUDA on a machine without it is measured on the CPU: every figure is then a CPU
   figure, and the plan says so.
-- Done: rsbook.steps.progress (a checkpoint at its last epoch, a finished log, a finished run folder).
+- Done: rsbook.book.running.progress (a checkpoint at its last epoch, a finished log, a finished run folder).
   `seconds` is what remains (the whole step times 1 - progress; 0 when done), `seconds_full` the whole
   step. A step without an estimate (the LP and MILP solves of the relaxation chapter) has seconds null
   and a note, and is left out of total_seconds, which the table says.
@@ -35,7 +35,7 @@ and prints it as a table with the total in hours. How the figures are made:
 - Sequential certification steps (`rsbook certify --radii`) are estimated from the mean draws per example that a
   replay of the authors' released log of the same dataset and noise level measures (rsbook.replay.grid_cost),
   or at n_max per example, an upper bound, where there is none.
-- Paths: for a chapter that declares them (rsbook.steps.register_paths; the re-run chapter), the total of every
+- Paths: for a chapter that declares them (rsbook.book.steps.register_paths; the re-run chapter), the total of every
   way to its results on the devices at hand — from scratch, with the authors' models and fixed n, with their
   models and sequential certification, sampled — side by side (`paths`, and a second table), whatever is on disk.
 - Not timed: data loading and augmentation, process start-up, and checkpoint and log writes.
@@ -56,10 +56,12 @@ from pathlib import Path
 
 import torch
 
-from rsbook import steps as book_steps
 from rsbook import streams
+from rsbook.book import steps as book_steps
+from rsbook.book.running import progress
 from rsbook._io import atomic_write
 from rsbook.paths import runs_dir
+from rsbook.timing import synchronize
 
 __all__ = ["COMPUTING_CHAPTERS", "Measurement", "Meter", "plan", "path_costs", "write_plan", "table", "paths_table",
            "main"]
@@ -100,11 +102,6 @@ def _iteration(model, module, operation: str, inputs, labels):
         model.operations[operation](module, inputs, labels)
 
 
-def _synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Meter:
     """Measures how many inputs per second an operation of a model processes on a device, and keeps the
     measurements (per model key, operation and device) for every later batch size.
@@ -138,10 +135,10 @@ class Meter:
         inputs = torch.rand((batch, *model.input_shape), generator=generator).to(device)
         labels = torch.randint(0, model.classes, (batch,), generator=generator).to(device)
         module.train(operation in ("train",))
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         _iteration(model, module, operation, inputs, labels)
-        _synchronize(device)
+        synchronize(device)
         return time.perf_counter() - started
 
     def _call_seconds(self, model, module, operation, batch: int, device) -> float:
@@ -208,7 +205,7 @@ def _device_for(requested: str) -> tuple[torch.device, bool]:
 
 
 def _describe(device: torch.device) -> str:
-    from rsbook.throughput import describe_device
+    from rsbook.book.throughput import describe_device
 
     return describe_device(device)
 
@@ -224,7 +221,7 @@ def _processes(step: book_steps.Step, parameters: Mapping, device: torch.device)
 def _estimate(step: book_steps.Step, parameters: Mapping, meter: Meter) -> dict:
     device, as_requested = _device_for(step.device)
     processes = _processes(step, parameters, device)
-    fraction = book_steps.progress(step)
+    fraction = progress(step)
     done = fraction >= 1.0
     items, full = [], 0.0
     for work in step.work:
@@ -255,12 +252,12 @@ def _without_released(steps: list) -> list:
 
 
 def path_costs(chapter: str, *, runs, book=None, meter: Meter | None = None) -> list[dict]:
-    """The device seconds of each cost path `chapter` declares (rsbook.steps.chapter_paths), on this machine's
+    """The device seconds of each cost path `chapter` declares (rsbook.book.steps.chapter_paths), on this machine's
     devices, as if nothing were on disk: name, profile, seconds (whole steps; sequential steps at their replay
     estimate), training and certification (seconds of train steps and of the rest), tables (training and the
     logs behind the published tables, info['table']), steps, released (models taken from the authors),
     cpu_figures, ratio and ratio_tables (the first path's seconds / this one's)."""
-    from rsbook.preflight import chapter_parameters
+    from rsbook.book.profiles import chapter_parameters
 
     meter = meter or Meter()
     rows = []
@@ -291,7 +288,7 @@ def plan(profile: str, *, chapters: Sequence[str] = COMPUTING_CHAPTERS, runs=Non
     by default at the paper-scale profiles only),
     "gpu": whether a CUDA device is visible, "cpu_figures": whether any step was measured on the CPU,
     "measurement_seconds"}. `overrides` maps a chapter to parameter overrides (as tools/book.py -p)."""
-    from rsbook.preflight import PAPER_SCALE, chapter_parameters
+    from rsbook.book.profiles import PAPER_SCALE, chapter_parameters
 
     runs = Path(runs).resolve() if runs is not None else runs_dir().resolve()
     overrides = dict(overrides or {})
@@ -374,10 +371,10 @@ def paths_table(found: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """`python -m rsbook.plan`: write <runs>/plan-<profile>.json and print the table."""
-    from rsbook.preflight import PROFILES
+    """`python -m rsbook.book.plan`: write <runs>/plan-<profile>.json and print the table."""
+    from rsbook.book.profiles import PROFILES
 
-    parser = argparse.ArgumentParser(prog="python -m rsbook.plan", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rsbook.book.plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default", choices=PROFILES)
     parser.add_argument("--runs", type=Path, default=None, help="the runs folder (default $RSBOOK_RUNS or ./runs)")
     parser.add_argument("--chapter", action="append", default=None,

@@ -49,7 +49,7 @@ class ChapterRun:
     """
 
     def __init__(self, chapter: str, profile: str, parameters: dict, runs: Path | str | None = None):
-        from rsbook.preflight import PROFILES
+        from rsbook.book.profiles import PROFILES
 
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
