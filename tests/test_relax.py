@@ -722,7 +722,7 @@ def test_output_polytope_contains_the_image_of_the_ball(norm):
 # ------------------------------------------------------------------ evaluation over a test subsample
 
 def test_certify_examples_is_resumable_and_its_shortcuts_agree_with_direct_answers(tmp_path):
-    from rsbook.relax.evaluate import certified_accuracy_table, certify_examples
+    from rsbook.relax.evaluate import certified_accuracy_table, certify_examples, compare_decisions
 
     torch.manual_seed(0)
     net = train_model_quick(two_moons(200, seed=1))
@@ -751,6 +751,10 @@ def test_certify_examples_is_resumable_and_its_shortcuts_agree_with_direct_answe
                  ("lp", "milp")]:
         assert np.all(table.loc[a] <= table.loc[b] + 1e-12), (a, b)
     assert table.loc["bab"].equals(table.loc["milp"])  # complete: the exact answers here
+    decisions = compare_decisions({"moons": results})
+    assert decisions.loc["all", "solved"] == len(solved) and decisions.loc["all", "errors"] == 0
+    assert decisions.loc["all", "agree"] == decisions.loc["all", "answered"] == len(solved)
+    assert decisions.loc["all", "milp seconds"] == pytest.approx(solved["seconds"].sum())
     assert np.all(table.loc["milp"] <= table.loc["PGD (upper bound)"] + 1e-12)
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from test_relax import assert_verified_witness, ball_samples, point, prediction, random_net
+from test_relax_crown import margin_problem
 
 from rsbook.relax import certify
 from rsbook.relax.certify import Certifier
 from rsbook.relax.crown import layer_bounds
 from rsbook.relax.dual import dual_margins
-from rsbook.relax.network import affine_network
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,11 +98,7 @@ def test_split_terms_keep_the_bound_sound_on_the_domain(sign):
     # backward pass bounds the margin over {x̃ in the ball : σ x̂_j ≥ 0} for any β ≥ 0 and slopes in [0, 1].
     generator = torch.Generator().manual_seed(sign + 5)
     for seed in range(3):
-        net = random_net(seed, (3, 12, 12, 3), scale=2.0)
-        network = affine_network(net, (3,))
-        x = point(seed, 3)[None]
-        label = prediction(net, x[0])
-        spec = torch.eye(3, dtype=torch.float64)[label] - torch.eye(3, dtype=torch.float64)
+        net, network, x, label, spec = margin_problem(seed, (3, 12, 12, 3))
         bounds = layer_bounds(network, x, 0.5, "linf", "crown")
         lower, upper = bounds[0]
         j = int(torch.nonzero((lower[0] < 0) & (upper[0] > 0))[0])

@@ -9,6 +9,7 @@ kind and valid over the ball.
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_relax import ball_samples, point, prediction, random_net, train_model_quick
@@ -137,11 +138,20 @@ def test_pairs_outside_the_order_are_found_both_ways():
     test = two_moons(12, seed=5)
     frames.append(margin_table(trained, [(test.x[i].double(), int(test.labels[i])) for i in range(12)], range(12),
                                [0.3], "linf", CHEAP).assign(idx=lambda f: f["idx"] + 100))
-    import pandas as pd
-
     table = order_table(pd.concat(frames), pairs)
     assert (table["holds"] < 1.0).all(), table
     assert (table["guaranteed"] == "no").all()
+
+
+def margin_problem(seed: int, widths):
+    """A random float64 MLP with 3 inputs, its affine form, a batch of one input, its predicted class and the
+    margin specification e_label − e_t (all targets)."""
+    net = random_net(seed, widths, scale=2.0)
+    x = point(seed, 3)[None]
+    label = prediction(net, x[0])
+    classes = widths[-1]
+    spec = torch.eye(classes, dtype=torch.float64)[label] - torch.eye(classes, dtype=torch.float64)
+    return net, affine_network(net, (3,)), x, label, spec
 
 
 def test_alpha_crown_is_at_least_crown_and_its_value_is_the_bound_at_its_projected_slopes():
@@ -149,11 +159,7 @@ def test_alpha_crown_is_at_least_crown_and_its_value_is_the_bound_at_its_project
     # (projected) slopes, never at an unprojected iterate — here with a step size that overshoots [0, 1].
     improved = 0
     for seed in range(3):
-        net = random_net(seed, (3, 16, 16, 4), scale=2.0)
-        network = affine_network(net, (3,))
-        x = point(seed, 3)[None]
-        label = prediction(net, x[0])
-        spec = torch.eye(4, dtype=torch.float64)[label] - torch.eye(4, dtype=torch.float64)
+        net, network, x, label, spec = margin_problem(seed, (3, 16, 16, 4))
         exact = Certifier(net, (3,)).margin_lower_bounds(x[0], label, 0.3, "linf", "milp")
         bounds = layer_bounds(network, x, 0.3, "linf", "crown")
         crown = crown_margins(network, x, 0.3, "linf", spec, bounds)

@@ -13,6 +13,11 @@ ReLU is the identity (l ≥ 0) or zero (u ≤ 0). At the input, min over the bal
 defenses"). The result is the dual objective at a dual-feasible point of the LP with the same
 intermediate bounds, hence ≤ the LP's minimum (weak duality).
 
+`dual_margins` is the one backward pass of every linear bound here: with other lower slopes
+a ∈ [0, 1] (the lower line y ≥ a x̂ stays a convex combination of y ≥ 0 and y ≥ x̂, the point stays
+dual-feasible) it is CROWN or α-CROWN (rsbook.relax.crown), and with split constraints and their
+multipliers it bounds a branch-and-bound domain (rsbook.relax.bab).
+
 `intermediate_bounds` computes the pre-activation bounds [l⁽ⁱ⁾, u⁽ⁱ⁾] layer by layer: by interval
 propagation ('ibp'), by this dual bound applied to ±e_j at every neuron of the layer ('dual', as
 Wong & Kolter do), or by the element-wise intersection of both ('ibp+dual').

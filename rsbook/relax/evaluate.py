@@ -50,7 +50,8 @@ from rsbook.smooth import Smooth
 __all__ = ["RESULT_COLUMNS", "certify_examples", "run_certification", "answer_shares", "certified_accuracy_table",
            "share_table", "long_curves", "time_methods", "time_compiled_lp", "smoothing_radii",
            "smoothing_curve", "smoothing_curves", "smoothing_table", "relaxation_curve", "relaxation_curves",
-           "compare_bounds", "margin_table", "order_table", "compare_decisions", "flatten_index"]
+           "compare_bounds", "margin_table", "order_table", "compare_decisions", "flatten_index", "SLIDES_LP",
+           "ORDER_PAIRS", "ORDERED"]
 
 RESULT_COLUMNS = ("idx", "label", "norm", "eps", "method", "answer", "margin", "seconds", "solved", "status",
                   "witness_distance")
@@ -376,13 +377,12 @@ def compare_bounds(net, dataset, indices, eps_grid, norm: str, first: str = "ibp
     return table
 
 
-def margin_table(net, dataset, indices, eps_grid, norm: str, methods=METHODS, time_limit: float | None = None,
-                 milp_eps=None) -> pd.DataFrame:
+def margin_table(net, dataset, indices, eps_grid, norm: str, methods=METHODS,
+                 time_limit: float | None = None) -> pd.DataFrame:
     """Every method's margin lower bound on every (example, target ≠ label, ε) of the examples `indices`:
     a long frame (idx, target, eps, method, margin). methods: names of METHODS (each on its default
-    intermediate bounds) or (name, method, bounds kind) triples, e.g. ("lp on ibp bounds", "lp", "ibp").
-    milp_eps: the radii at which the MILP runs (default all); a solve that fails or reaches time_limit
-    leaves NaN."""
+    intermediate bounds) or (name, method, bounds kind) triples, e.g. SLIDES_LP. The MILP runs for ℓ∞
+    only; a solve that fails or reaches time_limit leaves NaN."""
     example_shape = tuple(dataset[indices[0]][0].shape)
     certifier = Certifier(net, example_shape)
     specs = [(m, m, DEFAULT_BOUNDS[m]) if isinstance(m, str) else tuple(m) for m in methods]
@@ -392,8 +392,7 @@ def margin_table(net, dataset, indices, eps_grid, norm: str, methods=METHODS, ti
             x, label = dataset[idx]
             targets = [t for t in range(certifier.num_classes) if t != int(label)]
             for name, method, kind in specs:
-                if method == "milp" and (norm != "linf" or milp_eps is not None and
-                                         not any(np.isclose(eps, milp_eps))):
+                if method == "milp" and norm != "linf":
                     continue
                 values = np.full(certifier.num_classes, np.nan)
                 for t in targets if method in ("lp", "milp") else [None]:
@@ -409,14 +408,28 @@ def margin_table(net, dataset, indices, eps_grid, norm: str, methods=METHODS, ti
     return pd.DataFrame(rows)
 
 
-def order_table(margins: pd.DataFrame, pairs, guaranteed=GUARANTEED, tolerance: float = 1e-6) -> pd.DataFrame:
-    """For each pair (a, b) of method names: whether a ≤ b is guaranteed (`guaranteed`,
-    rsbook.relax.certify.GUARANTEED), over the (example, target, ε) where both have a bound the number
-    compared, the share where a ≤ b + tolerance (the solvers' values are accurate to about 1e-7), and the
-    largest a − b. margins: margin_table's frame."""
-    wide = margins.pivot_table(index=["idx", "target", "eps"], columns="method", values="margin", aggfunc="first")
+SLIDES_LP = ("lp (ibp bounds)", "lp", "ibp")
+"""The slides' LP, the triangle relaxation on interval bounds, as a margin_table method triple."""
+ORDER_PAIRS = (("ibp", "dual"), ("dual", "crown"), ("crown", "dual"), ("ibp", "alpha-crown"), ("dual", "alpha-crown"),
+               ("crown", "alpha-crown"), ("alpha-crown", "lp"), ("lp", "milp"), (SLIDES_LP[0], "dual"),
+               (SLIDES_LP[0], "lp"))
+"""The pairs the chapter checks: the documented order (rsbook.relax.certify.GUARANTEED), the pairs that
+are not ordered, and the slides' LP against the dual bound and against the LP on α-CROWN's bounds."""
+ORDERED = (*GUARANTEED, (SLIDES_LP[0], "lp"))
+"""GUARANTEED and the slides' LP ≤ the LP on α-CROWN's bounds (inside the interval bounds; the LP only
+gains from tighter bounds)."""
+
+
+def order_table(margins: pd.DataFrame, pairs=ORDER_PAIRS, guaranteed=ORDERED, tolerance: float = 1e-6) -> pd.DataFrame:
+    """For each pair (a, b) of method names: whether a ≤ b is guaranteed (`guaranteed`, default ORDERED),
+    over the (example, target, ε) where both have a bound the number compared, the share where
+    a ≤ b + tolerance (the solvers' values are accurate to about 1e-7), and the largest a − b.
+    margins: margin_table's frame (other columns than method and margin, e.g. a model, identify a row
+    too); pairs naming a method it lacks are left out."""
+    keys = [c for c in margins.columns if c not in ("method", "margin")]  # e.g. a model column too
+    wide = margins.pivot_table(index=keys, columns="method", values="margin", aggfunc="first")
     rows = {}
-    for a, b in pairs:
+    for a, b in (pair for pair in pairs if set(pair) <= set(wide.columns)):
         both = wide[[a, b]].dropna()
         difference = (both[a] - both[b]).to_numpy()
         rows[f"{a} ≤ {b}"] = {"guaranteed": "yes" if (a, b) in set(guaranteed) else "no", "compared": len(both),
@@ -427,25 +440,38 @@ def order_table(margins: pd.DataFrame, pairs, guaranteed=GUARANTEED, tolerance: 
     return table.astype({"compared": int, "holds": float, "largest excess": float})
 
 
-def compare_decisions(results: pd.DataFrame, reference: str = "milp", other: str = "bab") -> dict:
+def compare_decisions(results: dict, reference: str = "milp", other: str = "bab") -> pd.DataFrame:
     """`other` against `reference` on the rows where `reference` was solved (not implied by another
-    answer) in results frames of certify_examples: {'rows', 'answered' (the reference gave YES / NO /
-    MAYBE, not ERROR), 'agree' (the same answer there), 'errors' (the reference's solver failures or
-    time limits), 'other_on_errors' (other's answers on those rows, as {answer: count}), 'reference
-    seconds', 'other seconds' (totals over the answered rows), 'ratio' (other / reference there)}."""
-    keyed = results.set_index(["idx", "eps", "method"])
-    solved = results[(results["method"] == reference) & results["solved"]]
-    answered = solved[solved["answer"] != "ERROR"]
-    mine = keyed.xs(other, level="method")
-    pairs = [(row.answer, mine.loc[(row.idx, row.eps)]) for row in answered.itertuples()]
-    errors = solved[solved["answer"] == "ERROR"]
-    reference_seconds = float(answered["seconds"].sum())
-    other_seconds = float(sum(found["seconds"] for _, found in pairs))
-    on_errors = pd.Series([mine.loc[(row.idx, row.eps), "answer"] for row in errors.itertuples()], dtype=object)
-    return {"rows": len(solved), "answered": len(answered), "agree": sum(a == found["answer"] for a, found in pairs),
-            "errors": len(errors), "other_on_errors": on_errors.value_counts().to_dict(),
-            "reference seconds": reference_seconds, "other seconds": other_seconds,
-            "ratio": other_seconds / reference_seconds if reference_seconds > 0 else np.nan}
+    answer), per model of {model: certify_examples frame} and over all ('all'). Columns: rows and same
+    (every row where the reference gave an answer, solved or implied, and how many of them other
+    answered alike), solved (the rows where it was solved), answered (of those, where it gave YES, NO
+    or MAYBE), agree (other gave the same answer there),
+    errors (the reference's solver failures or time limits), other YES / other NO on errors (other's
+    answers on those rows), reference seconds and other seconds (totals over the answered rows, each
+    method's own time on the row) and ratio (other / reference)."""
+    rows = {}
+    for model, frame in results.items():
+        mine = frame[frame["method"] == other].set_index(["idx", "eps"])
+        given = frame[(frame["method"] == reference) & (frame["answer"] != "ERROR")]
+        alike = mine.loc[list(zip(given["idx"], given["eps"]))]["answer"].to_numpy() == given["answer"].to_numpy()
+        solved = frame[(frame["method"] == reference) & frame["solved"]]
+        answered, errors = solved[solved["answer"] != "ERROR"], solved[solved["answer"] == "ERROR"]
+        theirs = mine.loc[list(zip(answered["idx"], answered["eps"]))] if len(answered) else mine.iloc[:0]
+        on_errors = (mine.loc[list(zip(errors["idx"], errors["eps"]))]["answer"] if len(errors)
+                     else pd.Series([], dtype=object))
+        rows[model] = {"rows": len(given), "same": int(alike.sum()), "solved": len(solved),
+                       "answered": len(answered),
+                       "agree": int((theirs["answer"].to_numpy() == answered["answer"].to_numpy()).sum()),
+                       "errors": len(errors), f"{other} YES on errors": int((on_errors == "YES").sum()),
+                       f"{other} NO on errors": int((on_errors == "NO").sum()),
+                       f"{reference} seconds": float(answered["seconds"].sum()),
+                       f"{other} seconds": float(theirs["seconds"].sum())}
+    table = pd.DataFrame(rows).T
+    table.loc["all"] = table.sum()
+    table["ratio"] = table[f"{other} seconds"] / table[f"{reference} seconds"].where(table[f"{reference} seconds"] > 0)
+    table.index.name = "model"
+    counts = [c for c in table.columns if "seconds" not in c and c != "ratio"]
+    return table.astype({c: int for c in counts})
 
 
 def flatten_index(frame: pd.DataFrame, sep: str = " / ") -> pd.DataFrame:
