@@ -231,7 +231,8 @@ def test_linear_network_all_methods_are_exact():
     net = nn.Sequential(nn.Linear(3, 4)).double()
     x = point(0, 3)
     label = prediction(net, x)
-    values = [margin_lower_bounds(net, x, label, 0.2, "linf", m) for m in ("ibp", "dual", "lp", "milp")]
+    values = [margin_lower_bounds(net, x, label, 0.2, "linf", m) for m in ("ibp", "dual", "crown", "alpha-crown",
+                                                                           "lp", "milp")]
     for other in values[1:]:
         np.testing.assert_allclose(other, values[0], atol=1e-7)
 
@@ -615,7 +616,7 @@ def test_time_limit_raises_with_the_solver_status():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"eps": -0.1}, "eps"), ({"norm": "l1"}, "norm"), ({"method": "crown"}, "method"),
+    ({"eps": -0.1}, "eps"), ({"norm": "l1"}, "norm"), ({"method": "deeppoly"}, "method"), ({"method": "bab"}, "method"),
     ({"method": "milp", "norm": "l2"}, "ℓ∞"), ({"label": 3}, "label"), ({"bounds": "tight"}, "bounds"),
 ])
 def test_bad_arguments_raise_value_errors_naming_them(kwargs, match):
@@ -721,21 +722,22 @@ def test_output_polytope_contains_the_image_of_the_ball(norm):
 # ------------------------------------------------------------------ evaluation over a test subsample
 
 def test_certify_examples_is_resumable_and_its_shortcuts_agree_with_direct_answers(tmp_path):
-    from rsbook.relax.evaluate import certified_accuracy_table, certify_examples
+    from rsbook.relax.evaluate import certified_accuracy_table, certify_examples, compare_decisions
 
     torch.manual_seed(0)
     net = train_model_quick(two_moons(200, seed=1))
     data = two_moons(24, seed=5)
     grid = [0.02, 0.1, 0.25]
-    kwargs = dict(methods=("ibp", "dual", "lp", "milp"), bounds={"lp": "ibp+dual"}, attack_steps=20, seed=0)
+    kwargs = dict(methods=("ibp", "dual", "crown", "alpha-crown", "lp", "milp", "bab"), attack_steps=20, seed=0)
     results = certify_examples(net, data, grid, "linf", out=tmp_path / "run", **kwargs)
     again = certify_examples(net, data, grid, "linf", out=tmp_path / "run", **kwargs)
     assert again.equals(results)  # nothing recomputed, same rows
     cert = Certifier(net, (2,))
-    for row in results[results["method"].isin(["lp", "milp"]) & (results["answer"] == "YES")].itertuples():
+    implied = results[results["method"].isin(["alpha-crown", "lp", "milp"]) & (results["answer"] == "YES")]
+    assert (~implied["solved"]).any()  # the shortcuts were taken
+    for row in implied.itertuples():  # and every implied YES is the method's own answer
         x, label = data[row.idx]
-        method_bounds = "ibp+dual" if row.method == "lp" else "ibp"
-        assert cert.certify(x, label, row.eps, "linf", row.method, method_bounds, attack_steps=0) == "YES"
+        assert cert.certify(x, label, row.eps, "linf", row.method, attack_steps=0) == "YES"
     for row in results[(results["method"] == "milp") & (results["answer"] != "YES")].itertuples():
         x, label = data[row.idx]
         assert cert.certify(x, label, row.eps, "linf", "milp", attack_steps=0) != "YES"  # no YES was missed
@@ -744,9 +746,15 @@ def test_certify_examples_is_resumable_and_its_shortcuts_agree_with_direct_answe
     refuted = results[results["answer"] == "NO"]  # every NO row records its verified witness's distance
     assert len(refuted) and bool((refuted["witness_distance"] <= refuted["eps"]).all())
     assert results.loc[results["answer"] != "NO", "witness_distance"].isna().all()
-    table = certified_accuracy_table(results, ("ibp", "dual", "lp", "milp"))
-    assert np.all(table.loc["ibp"] <= table.loc["lp"] + 1e-12) and np.all(table.loc["dual"] <= table.loc["lp"] + 1e-12)
-    assert np.all(table.loc["lp"] <= table.loc["milp"] + 1e-12)
+    table = certified_accuracy_table(results, ("ibp", "dual", "crown", "alpha-crown", "lp", "milp", "bab"))
+    for a, b in [("ibp", "lp"), ("dual", "alpha-crown"), ("crown", "alpha-crown"), ("alpha-crown", "lp"),
+                 ("lp", "milp")]:
+        assert np.all(table.loc[a] <= table.loc[b] + 1e-12), (a, b)
+    assert table.loc["bab"].equals(table.loc["milp"])  # complete: the exact answers here
+    decisions = compare_decisions({"moons": results})
+    assert decisions.loc["all", "solved"] == len(solved) and decisions.loc["all", "errors"] == 0
+    assert decisions.loc["all", "agree"] == decisions.loc["all", "answered"] == len(solved)
+    assert decisions.loc["all", "milp seconds"] == pytest.approx(solved["seconds"].sum())
     assert np.all(table.loc["milp"] <= table.loc["PGD (upper bound)"] + 1e-12)
 
 

@@ -34,15 +34,21 @@ def test_chapter_source_follows_the_rules():
 def test_chapter_executes_at_smoke_and_records_computed_results(runs):
     notebook = book.execute("chapters/relax", "smoke", runs, force=True)
     glued = glued_values(notebook)
-    for name in ("fig_polytope", "fig_triangle", "fig_linf", "fig_l2", "fig_smoothing", "t_speedup", "toy_margin_milp"):
+    for name in ("fig_polytope", "fig_triangle", "fig_linf", "fig_l2", "fig_smoothing", "t_speedup", "toy_margin_milp",
+                 "t_alpha", "bab_time", "order_slides_dual"):
         assert name in glued
-    assert float(glued["toy_margin_lp"]) <= float(glued["toy_margin_milp"]) + 1e-6
-    assert float(glued["toy_margin_ibp"]) <= float(glued["toy_margin_lp"]) + 1e-6
+    margin = {name: float(glued[f"toy_margin_{name}"]) for name in ("ibp", "dual", "crown", "alpha_crown", "lp", "milp")}
+    for low, high in (("ibp", "lp"), ("dual", "alpha_crown"), ("crown", "alpha_crown"), ("alpha_crown", "lp"),
+                      ("lp", "milp")):  # the documented order (rsbook.relax.certify.GUARANTEED)
+        assert margin[low] <= margin[high] + 1e-6, (low, high, margin)
+    assert float(glued["order_guaranteed_min"]) == 1.0  # every guaranteed pair held on every target
     comparisons = pd.read_csv(notebook.parent / "comparisons.csv")
     assert set(comparisons["document"]) == {"lp"}
     assert (comparisons["status"] == "computed (nothing published to compare)").all()
-    assert {"Seconds per certificate", "Smoothing vs relaxation, ℓ2 certified accuracy", "Certified accuracy, ℓ∞"} <= set(
-        comparisons["table"])
+    assert {"Seconds per certificate", "Smoothing vs relaxation, ℓ2 certified accuracy", "Certified accuracy, ℓ∞",
+            "Per-target order of the bounds, ℓ∞", "Branch and bound against the MILP"} <= set(comparisons["table"])
+    exact = comparisons[comparisons["table"] == "Exact vs relaxed, ℓ∞ subset"]
+    assert {"crown", "alpha-crown", "bab", "milp"} <= {row.split(" / ")[-1] for row in exact["row"]}
     manifest = json.loads((notebook.parent / "manifest.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["end_time"]
     changed = book.execute("chapters/relax", "smoke", runs, overrides={"eps_l2": [0.5]}, force=True)
@@ -60,7 +66,8 @@ def test_full_profile_code_path_on_a_miniature_cifar(runs, cifar):
                          "dual_linf": {"mode": "dual", "norm": "linf", "eps": 0.01, "epochs": 1, "ramp_epochs": 1},
                          "dual_l2": {"mode": "dual", "norm": "l2", "eps": 0.1, "epochs": 1, "ramp_epochs": 1},
                          "ibp_linf": {"mode": "ibp", "norm": "linf", "eps": 0.01, "epochs": 1, "ramp_epochs": 1}},
-              "lp_scope": {}, "milp": {"examples": 1, "eps": [0.002], "time_limit": 20},
+              "lp_scope": {}, "milp": {"examples": 1, "eps": [0.002], "time_limit": 20}, "bab": {"node_limit": 200},
+              "order": {"examples": 1, "eps": [0.002]},
               "eps_linf": [0.002, 0.01], "eps_l2": [0.05, 0.2], "attack": {"steps": 5, "restarts": 1},
               "smoothing": {"sigmas": [0.25], "epochs": 1, "n0": 20, "n": 100, "alpha": 0.01, "batch": 100},
               "toy": {"hidden": [8, 8], "epochs": 5, "eps_train": 0.2, "batch_size": 50, "lr": 0.01, "eps": 0.25,

@@ -3,8 +3,13 @@
 Modules:
   network    a torch.nn.Sequential of Linear / ReLU / Flatten / Conv2d as an affine–ReLU chain
   interval   interval bound propagation (IBP)
-  dual       Wong & Kolter's closed-form dual bound; layer-wise intermediate bounds
+  dual       Wong & Kolter's closed-form dual bound, the backward pass every linear bound shares;
+             layer-wise intermediate bounds
+  crown      CROWN (adaptive lower slopes) and α-CROWN (slopes optimised by projected gradient), their
+             intermediate bounds (the LP's and the MILP's by default)
   lp         the "Overall LP" (triangle relaxation) and the exact MILP as parametrized cvxpy problems
+  rounding   how far the network as run in float32 can be from its exact version over the ball
+  bab        branch and bound on ReLU splits with α,β-CROWN bounds: a complete verifier
   certify    margin lower bounds and YES / MAYBE / NO answers (Certifier; cached per network)
   rounding   how far the network as run in its dtype can be from its exact version over a ball (YES thresholds)
   training   the chapter's networks; normal, noise and dual-robust training with an ε ramp
@@ -15,11 +20,13 @@ Modules:
   steps      the chapter's heavy steps, described once (rsbook.book.steps): training runs as in-process calls,
              certificates and CERTIFY found by their run folders, for the chapter and `make plan`
 
-The public entry points are re-exported here: margin_lower_bounds, certify, Certifier, SolverError.
+The public entry points are re-exported here: margin_lower_bounds (METHODS: ibp, dual, crown,
+alpha-crown, lp, milp), certify (DECISIONS: those and bab), Certifier, SolverError.
 """
 
 from rsbook.relax.certify import (
     ANSWERS,
+    DECISIONS,
     METHODS,
     Certifier,
     certifier,
@@ -28,4 +35,5 @@ from rsbook.relax.certify import (
 )
 from rsbook.relax.lp import SolverError
 
-__all__ = ["margin_lower_bounds", "certify", "Certifier", "certifier", "SolverError", "METHODS", "ANSWERS"]
+__all__ = ["margin_lower_bounds", "certify", "Certifier", "certifier", "SolverError", "METHODS", "DECISIONS",
+           "ANSWERS"]

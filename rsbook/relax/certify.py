@@ -4,10 +4,15 @@ via Convex Relaxation").
 For the class c* = `label` and every target t ≠ c*, m*_t = min over the ε-ball of F(x̃)_c* − F(x̃)_t
 is the worst-case margin ("Recall: Exact Certification"); each method returns a lower bound m_t:
 
-  'ibp'   interval bound propagation, the last layer folded into the margin (rsbook.relax.interval)
-  'dual'  Wong & Kolter's closed-form dual bound (rsbook.relax.dual)
-  'lp'    the "Overall LP" with the triangle relaxation (rsbook.relax.lp), HiGHS / Clarabel
-  'milp'  the exact mixed-integer program (ℓ∞ only), HiGHS: m_t = m*_t
+  'ibp'          interval bound propagation, the last layer folded into the margin (rsbook.relax.interval)
+  'dual'         Wong & Kolter's closed-form dual bound (rsbook.relax.dual)
+  'crown'        CROWN: the same backward pass with the adaptive lower slopes (rsbook.relax.crown)
+  'alpha-crown'  α-CROWN: lower slopes optimised per neuron and target (rsbook.relax.crown)
+  'lp'           the "Overall LP" with the triangle relaxation (rsbook.relax.lp), HiGHS / Clarabel
+  'milp'         the exact mixed-integer program (ℓ∞ only), HiGHS: m_t = m*_t
+
+and, for answers only (`certify`, `decide`), 'bab': branch and bound on ReLU splits with α,β-CROWN
+bounds per domain (rsbook.relax.bab), complete up to its node and time limits.
 
 The answers (slides, "Now we allow the following answers"): YES when every m_t > 0 (no point of the
 ball is classified other than c*); NO when a point of the ball is found that the real network does
@@ -35,10 +40,23 @@ from its dual multipliers (rsbook.relax.lp), never taken from the solver's prima
 
 Intermediate bounds given by the caller as (l, u) pairs are trusted: the margin bounds, and every
 answer, hold only if they bound the pre-activations over the whole ball. They are checked only at x
-itself (a necessary condition); bounds computed here ('ibp', 'dual', 'ibp+dual', 'lp') are sound.
+itself (a necessary condition); bounds computed here (INTERMEDIATE) are sound.
 
-Ordering (tested): ibp ≤ lp ≤ milp = m*_t when the LP uses intermediate bounds inside the interval
-ones; dual ≤ lp with the same intermediate bounds.
+Ordering. With the same intermediate bounds B, ibp, dual, crown and alpha-crown are each ≤ lp (the
+last three are the LP's dual objective at dual-feasible points, weak duality; the LP contains the
+box of the last hidden layer that IBP minimises over), and lp ≤ milp = m*_t. The LP only gains from
+tighter bounds (its feasible set shrinks), so with every method on its default bounds
+(DEFAULT_BOUNDS: 'alpha-crown' bounds lie inside the 'ibp', 'dual' and 'crown' ones) this gives,
+per target (tested):
+
+    ibp, dual, crown  ≤  alpha-crown  ≤  lp  ≤  milp = m*_t        (ibp ≤ alpha-crown: see below)
+
+crown ≤ alpha-crown and dual ≤ alpha-crown hold because alpha-crown on its default bounds reports the
+maximum of its optimised bound and of CROWN's and the dual bound on their own bounds (all sound).
+Not ordered in general, and found both ways by the tests: ibp against dual, ibp against crown, and
+dual against crown (the adaptive slope is a heuristic: neither it nor u/(u − l) is better for every
+neuron). ibp ≤ alpha-crown does not hold in general either; ibp ≤ lp does. The slides' construction,
+the LP on interval bounds, is `bounds='ibp'`.
 
 The LP and MILP are built once per (network, norm, method) as parametrized cvxpy problems and
 re-solved for every input, radius and target (`Certifier`, cached per network by the module-level
@@ -56,21 +74,36 @@ import torch
 
 from rsbook._checks import check_positive_int
 from rsbook.attacks import pgd
-from rsbook.relax.dual import BOUND_KINDS, dual_margins, intermediate_bounds
+from rsbook.relax import bab
+from rsbook.relax.crown import KINDS, crown_margins, layer_bounds, optimise_bound
+from rsbook.relax.dual import dual_margins
 from rsbook.relax.interval import NORMS, interval_margins
 from rsbook.relax.lp import RelaxedProblem, SolverError
 from rsbook.relax.network import AffineNetwork, affine_network, network_fingerprint
 from rsbook.relax.rounding import rounding_bound
 
-__all__ = ["METHODS", "INTERMEDIATE", "DEFAULT_BOUNDS", "ANSWERS", "MILP_TOLERANCE", "Certifier", "certifier",
-           "margin_lower_bounds", "certify", "ball_distance", "SolverError"]
+__all__ = ["METHODS", "DECISIONS", "CHEAP", "GUARANTEED", "INTERMEDIATE", "DEFAULT_BOUNDS", "ANSWERS", "MILP_TOLERANCE",
+           "Certifier", "certifier", "margin_lower_bounds", "certify", "ball_distance", "SolverError"]
 
-METHODS = ("ibp", "dual", "lp", "milp")
-INTERMEDIATE = (*BOUND_KINDS, "lp")
-"""Where the pre-activation bounds come from: 'ibp', 'dual', 'ibp+dual' (rsbook.relax.dual) or 'lp'
-(the interval ∩ dual bounds of each layer tightened by solving the LP of the layers before it for
-every unstable neuron, min and max)."""
-DEFAULT_BOUNDS = {"ibp": "ibp", "dual": "dual", "lp": "ibp", "milp": "ibp"}
+METHODS = ("ibp", "dual", "crown", "alpha-crown", "lp", "milp")
+"""The margin lower bounds, cheapest first."""
+DECISIONS = (*METHODS, "bab")
+"""The methods that answer YES / MAYBE / NO: every margin bound, and branch and bound."""
+CHEAP = ("ibp", "dual", "crown", "alpha-crown")
+"""The bounds computed in closed form or by a few gradient steps, with no solver."""
+GUARANTEED = (("dual", "alpha-crown"), ("crown", "alpha-crown"), ("ibp", "lp"), ("dual", "lp"), ("crown", "lp"),
+              ("alpha-crown", "lp"), ("lp", "milp"))
+"""The pairs (a, b) with a ≤ b on every target when every method uses its DEFAULT_BOUNDS (module
+docstring); ibp, dual and crown are not ordered among themselves, nor ibp against alpha-crown."""
+INTERMEDIATE = (*KINDS, "lp")
+"""Where the pre-activation bounds come from: 'ibp', 'dual', 'ibp+dual' (rsbook.relax.dual), 'crown',
+'alpha-crown' (rsbook.relax.crown; inside the 'ibp', 'dual' and 'crown' bounds) or 'lp' (the
+'alpha-crown' bounds of each layer tightened by solving the LP of the layers before it for every
+unstable neuron, min and max)."""
+DEFAULT_BOUNDS = {"ibp": "ibp", "dual": "dual", "crown": "crown", "alpha-crown": "alpha-crown", "lp": "alpha-crown",
+                  "milp": "alpha-crown", "bab": "alpha-crown"}
+"""Each method's intermediate bounds: the cheap ones their own (as their papers define them), the LP, the
+MILP and branch and bound the tightest cheap ones, α-CROWN's."""
 ANSWERS = ("YES", "MAYBE", "NO")
 MILP_TOLERANCE = 1e-6
 """How far above the rounding threshold (Certifier.thresholds) a MILP bound must lie to count as
@@ -80,6 +113,7 @@ SHRINK = 1e-7
 """First relative step by which `Certifier.witness` shrinks a projected candidate towards x when it
 rounds outside the ball (doubled at each further try)."""
 _SHRINK_TRIES = 24  # SHRINK · 2^23 < 1: the last try still keeps the candidate's direction
+_MEMO = 64  # intermediate bounds and α-CROWN margins kept per Certifier
 
 
 def ball_distance(point, x, norm: str) -> float:
@@ -109,9 +143,9 @@ def _check_eps(eps) -> float:
     return float(eps)
 
 
-def _check_method(method: str, norm: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def _check_method(method: str, norm: str, allowed: tuple = METHODS) -> str:
+    if method not in allowed:
+        raise ValueError(f"method must be one of {allowed}, got {method!r}")
     if method == "milp" and norm != "linf":
         raise ValueError("method 'milp' is exact for the ℓ∞ ball only (norm='linf')")
     return method
@@ -137,6 +171,7 @@ class Certifier:
         self.fingerprint = network_fingerprint(net)
         self.cache = bool(cache)
         self._problems: dict = {}
+        self._memory: dict = {}
         self.num_classes = self.network.num_classes
 
     # ------------------------------------------------------------------ inputs
@@ -174,6 +209,31 @@ class Certifier:
         return self._problems[key]
 
     # ------------------------------------------------------------------ bounds
+    def forget(self):
+        """Drop the memoised intermediate bounds and α-CROWN margins (e.g. to time a method from scratch)."""
+        self._memory.clear()
+
+    def _memo(self, key, compute):
+        """compute(), kept for the last _MEMO keys (the same input, radius and kind asked again by several
+        methods, e.g. an LP after α-CROWN on the same bounds)."""
+        if key in self._memory:
+            self._memory[key] = self._memory.pop(key)
+            return self._memory[key]
+        value = self._memory[key] = compute()
+        while len(self._memory) > _MEMO:
+            self._memory.pop(next(iter(self._memory)))
+        return value
+
+    def _layer_bounds(self, xt: torch.Tensor, eps: float, norm: str, kind: str) -> list:
+        """Bounds of `kind` (crown.KINDS) as torch pairs (1, n_i), memoised per input, radius, norm."""
+        def compute():
+            references = None
+            if kind == "alpha-crown":
+                references = [self._layer_bounds(xt, eps, norm, k) for k in ("ibp", "dual", "crown")]
+            with torch.no_grad():
+                return layer_bounds(self.network, xt, eps, norm, kind, references)
+        return self._memo(("bounds", xt.numpy().tobytes(), eps, norm, kind), compute)
+
     def bounds(self, x, eps: float, norm: str = "linf", kind: str = "ibp", time_limit: float | None = None) -> list:
         """Pre-activation bounds [(l, u)] (numpy, one pair per hidden layer) over the ε-ball around x.
         kind: one of INTERMEDIATE."""
@@ -181,12 +241,13 @@ class Certifier:
         if kind not in INTERMEDIATE:
             raise ValueError(f"bounds must be one of {INTERMEDIATE} or a list of (l, u) pairs, got {kind!r}")
         xt = self._x(x)
-        with torch.no_grad():
-            start = intermediate_bounds(self.network, xt, eps, norm, "ibp+dual" if kind == "lp" else kind)
-        bounds = [(lo[0].numpy().copy(), up[0].numpy().copy()) for lo, up in start]
-        if kind == "lp":
-            bounds = self._tighten(xt[0].numpy(), eps, norm, bounds, time_limit)
-        return bounds
+
+        def compute():
+            start = self._layer_bounds(xt, eps, norm, "alpha-crown" if kind == "lp" else kind)
+            bounds = [(lo[0].numpy().copy(), up[0].numpy().copy()) for lo, up in start]
+            return self._tighten(xt[0].numpy(), eps, norm, bounds, time_limit) if kind == "lp" else bounds
+        kept = self._memo(("numpy", xt.numpy().tobytes(), eps, norm, kind), compute)
+        return [(lower.copy(), upper.copy()) for lower, upper in kept]
 
     def _tighten(self, x: np.ndarray, eps: float, norm: str, bounds: list, time_limit) -> list:
         """Layer by layer from the second hidden layer: min and max of every unstable pre-activation
@@ -222,6 +283,30 @@ class Certifier:
                                      "cannot hold over the ball")
         return bounds
 
+    def _cheap_margins(self, xt: torch.Tensor, eps: float, norm: str, label: int, method: str, kind,
+                       resolved: list) -> np.ndarray:
+        """The bound of a CHEAP method for every target (numpy (num_classes,), the label's entry unused)
+        with the resolved intermediate bounds. 'alpha-crown' on its own kind of bounds (kind
+        'alpha-crown') is the maximum of its optimised bound and of CROWN's and the dual bound on their
+        own kinds of bounds (all sound; module docstring); it is memoised per input, radius and label."""
+        spec = self._spec(label)
+        torch_bounds = [(torch.as_tensor(lo)[None], torch.as_tensor(up)[None]) for lo, up in resolved]
+        if method == "alpha-crown":
+            def compute():
+                value = optimise_bound(self.network, xt, eps, norm, spec, torch_bounds).value[0].numpy()
+                if kind == "alpha-crown":
+                    with torch.no_grad():
+                        for other, bound in (("crown", crown_margins), ("dual", dual_margins)):
+                            own = self._layer_bounds(xt, eps, norm, other)
+                            value = np.maximum(value, bound(self.network, xt, eps, norm, spec, own)[0].numpy())
+                return value
+            if isinstance(kind, str):
+                return self._memo(("alpha", xt.numpy().tobytes(), eps, norm, label, kind), compute)
+            return compute()
+        bound = {"ibp": interval_margins, "dual": dual_margins, "crown": crown_margins}[method]
+        with torch.no_grad():
+            return bound(self.network, xt, eps, norm, spec, torch_bounds)[0].numpy()
+
     def margin_lower_bounds(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None,
                             targets=None, time_limit: float | None = None, return_argmin: bool = False):
         """Lower bounds m_t (numpy (num_classes,), +inf at `label`) on min over the ε-ball of
@@ -235,6 +320,7 @@ class Certifier:
         method = _check_method(method, norm)
         label = self._label(label)
         xt = self._x(x)
+        kind = DEFAULT_BOUNDS[method] if bounds is None else bounds
         bounds = self._resolve_bounds(x, eps, norm, method, bounds, time_limit)
         targets = [t for t in range(self.num_classes) if t != label] if targets is None else \
             [self._label(t) for t in targets if int(t) != label]
@@ -242,12 +328,8 @@ class Certifier:
         result[label] = np.inf
         argmins = {}
         spec = self._spec(label)
-        if method in ("ibp", "dual"):
-            torch_bounds = [(torch.as_tensor(lo)[None], torch.as_tensor(up)[None]) for lo, up in bounds]
-            with torch.no_grad():
-                margins = (interval_margins if method == "ibp" else dual_margins)(self.network, xt, eps, norm, spec,
-                                                                                  torch_bounds)
-            result[targets] = margins[0].numpy()[targets]
+        if method in CHEAP:
+            result[targets] = self._cheap_margins(xt, eps, norm, label, method, kind, bounds)[targets]
         else:
             for t in targets:
                 problem = self.problem(norm, method)  # cached, or a fresh one per solve with cache=False
@@ -351,41 +433,53 @@ class Certifier:
         return result
 
     def decide(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None,
-               time_limit: float | None = None, tolerance: float | None = None):
+               time_limit: float | None = None, tolerance: float | None = None, node_limit: int | None = None):
         """The relaxation's part of an answer, without an attack: (answer, margin, point) with answer
         'YES' (every target's bound > its threshold; point None), 'NO' (x, or the argmin x̃ of a target
         whose bound is not above its threshold, gives a verified witness; point is that witness, see
         `witness`) or 'MAYBE' (point: that x̃ as the solver returned it, unchecked, or None); margin is
         the smallest margin bound found (−inf when x itself is the witness). The thresholds are
         `thresholds` (the network's rounding as run, so that a YES holds for the network in its own
-        dtype); a number `tolerance` replaces them for every target.
+        dtype); a number `tolerance` replaces them for every target. method: one of DECISIONS.
 
-        Cheaper bounds screen the targets: with the intermediate bounds B the method uses, the interval
-        and dual bounds with the same B are ≤ the LP's (rsbook.relax.dual, weak duality) and the LP's
-        is ≤ the MILP's, so a target they already prove positive needs no LP (and no MILP); the
-        remaining targets are solved lowest cheap bound first, and the first that is not above its
-        threshold decides (MAYBE or NO) without solving the others."""
+        time_limit: seconds per solver call for 'lp' and 'milp' (SolverError when reached), the whole
+        search's seconds for 'bab' (MAYBE when reached, like its node_limit, the number of branch and
+        bound domains bounded; rsbook.relax.bab, defaults bab.NODE_LIMIT and no time limit).
+
+        Cheaper bounds screen the targets: with the intermediate bounds B the method uses, the interval,
+        dual and CROWN bounds with the same B, and α-CROWN's (on B, or on its own kind when B is
+        α-CROWN's: module docstring), are ≤ the LP's, and the LP's is ≤ the MILP's, so a target they
+        already prove needs no LP (and no MILP); branch and bound starts from them. The remaining targets
+        are solved lowest bound first, and the first that is not above its threshold decides (MAYBE or
+        NO) without solving the others."""
         norm, eps = _check_norm(norm), _check_eps(eps)
-        method = _check_method(method, norm)
+        method = _check_method(method, norm, DECISIONS)
         label = self._label(label)
         found = self.witness(x, x, label, eps, norm)
         if found is not None:
             return "NO", -np.inf, found
-        resolved = self._resolve_bounds(x, eps, norm, method, bounds, time_limit)
+        xt = self._x(x)
+        kind = DEFAULT_BOUNDS[method] if bounds is None else bounds
+        resolved = self._resolve_bounds(x, eps, norm, method, bounds, None if method == "bab" else time_limit)
         needed = self.thresholds(x, label, eps, norm, method) if tolerance is None else \
             np.full(self.num_classes, float(tolerance))
-        if method in ("ibp", "dual"):
-            margins = self.margin_lower_bounds(x, label, eps, norm, method, resolved)
-            proved = all(margins[t] > needed[t] for t in range(self.num_classes) if t != label)
-            return ("YES" if proved else "MAYBE"), float(np.min(margins)), None
-        cheap = np.maximum(self.margin_lower_bounds(x, label, eps, norm, "ibp", resolved),
-                           self.margin_lower_bounds(x, label, eps, norm, "dual", resolved))
-        screens = ["lp", "milp"] if method == "milp" else ["lp"]
-        best = cheap.copy()
-        for level in screens:
-            open_targets = sorted((t for t in range(self.num_classes) if t != label and not best[t] > needed[t]),
-                                  key=lambda t: best[t])
-            for t in open_targets:
+        others = [t for t in range(self.num_classes) if t != label]
+        if method in CHEAP:
+            margins = self._cheap_margins(xt, eps, norm, label, method, kind, resolved)
+            proved = all(margins[t] > needed[t] for t in others)
+            return ("YES" if proved else "MAYBE"), float(np.min(margins[others])), None
+        best = np.full(self.num_classes, -np.inf)
+        best[label] = np.inf
+        for cheap in CHEAP:
+            if all(best[t] > needed[t] for t in others):
+                break
+            best = np.maximum(best, self._cheap_margins(xt, eps, norm, label, cheap, kind, resolved))
+        open_targets = sorted((t for t in others if not best[t] > needed[t]), key=lambda t: best[t])
+        if method == "bab":
+            return bab.search(self, x, label, eps, norm, open_targets, best, needed, resolved,
+                              node_limit=node_limit, time_limit=time_limit)
+        for level in ["lp", "milp"] if method == "milp" else ["lp"]:
+            for t in sorted((t for t in others if not best[t] > needed[t]), key=lambda t: best[t]):
                 value, argmins = self.margin_lower_bounds(x, label, eps, norm, level, resolved, targets=[t],
                                                           time_limit=time_limit, return_argmin=True)
                 best[t] = max(best[t], value[t])
@@ -395,13 +489,14 @@ class Certifier:
                         return "NO", float(best[t]), found  # x̃, projected into the ball, is a real counterexample
                     if level == method:
                         return "MAYBE", float(best[t]), argmins[t]
-        return "YES", float(np.min(best)), None
+        return "YES", float(np.min(best[others])), None
 
     def certify(self, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None, attack_steps: int = 40,
                 attack_restarts: int = 1, generator=None, time_limit: float | None = None,
-                tolerance: float | None = None, return_witness: bool = False):
-        """'YES' | 'MAYBE' | 'NO' for the ε-ball around x (module docstring): `decide`, then, when it
-        is MAYBE, PGD with attack_steps (0: no attack) and attack_restarts from `generator`.
+                tolerance: float | None = None, return_witness: bool = False, node_limit: int | None = None):
+        """'YES' | 'MAYBE' | 'NO' for the ε-ball around x (module docstring): `decide` (method one of
+        DECISIONS; time_limit and node_limit as there), then, when it is MAYBE, PGD with attack_steps (0:
+        no attack) and attack_restarts from `generator`.
 
         Guarantee: a YES means that the network run in its own dtype classifies every point of the ball
         it can receive as label (margins above `thresholds`; with caller-supplied intermediate bounds, if
@@ -409,8 +504,9 @@ class Certifier:
         Summary"): a point w with ‖w − x‖ ≤ ε, checked in float64 and in the network's dtype, that the
         network run in its own dtype classifies other than label. With return_witness, returns
         (answer, w), w (a float64 numpy array of x's shape) for a NO and None otherwise.
-        Raises SolverError (never an answer) when a solver fails or reaches time_limit."""
-        answer, _, point = self.decide(x, label, eps, norm, method, bounds, time_limit, tolerance)
+        Raises SolverError (never an answer) when a solver fails or reaches time_limit ('lp', 'milp';
+        branch and bound answers MAYBE instead)."""
+        answer, _, point = self.decide(x, label, eps, norm, method, bounds, time_limit, tolerance, node_limit)
         found = point if answer == "NO" else None
         if answer == "MAYBE" and attack_steps:
             found = self.attack_witness(x, label, eps, norm, attack_steps, attack_restarts, generator)
@@ -448,18 +544,22 @@ def certifier(net, input_shape) -> Certifier:
 def margin_lower_bounds(net, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None,
                         time_limit: float | None = None) -> np.ndarray:
     """For each target t ≠ label, a lower bound on min over the ε-ball of f_label(x̃) − f_t(x̃) (numpy
-    (num_classes,), +inf at label). method: 'ibp' | 'dual' | 'lp' | 'milp' (ℓ∞ only); norm: 'linf' |
-    'l2'; bounds: the intermediate bounds (Certifier.margin_lower_bounds). The LP / MILP is compiled
-    once per (network, norm, method) and re-solved for later inputs, radii and targets."""
+    (num_classes,), +inf at label). method: 'ibp' | 'dual' | 'crown' | 'alpha-crown' | 'lp' | 'milp' (ℓ∞
+    only); norm: 'linf' | 'l2'; bounds: the intermediate bounds (Certifier.margin_lower_bounds; default
+    DEFAULT_BOUNDS[method], for the LP and MILP α-CROWN's, `bounds='ibp'` the slides' LP). The LP / MILP
+    is compiled once per (network, norm, method) and re-solved for later inputs, radii and targets."""
     return certifier(net, torch.as_tensor(x).shape).margin_lower_bounds(x, label, eps, norm, method, bounds,
                                                                        time_limit=time_limit)
 
 
 def certify(net, x, label, eps, norm: str = "linf", method: str = "lp", bounds=None, attack_steps: int = 40,
-            generator=None, time_limit: float | None = None, return_witness: bool = False):
-    """'YES' | 'MAYBE' | 'NO' (Certifier.certify) with the network's cached Certifier. A NO always has
-    a verified witness: a point of the ε-ball (checked in float64 and in the network's dtype) that the
-    network misclassifies (Certifier.witness); return_witness: return (answer, witness or None)."""
+            generator=None, time_limit: float | None = None, return_witness: bool = False,
+            node_limit: int | None = None):
+    """'YES' | 'MAYBE' | 'NO' (Certifier.certify) with the network's cached Certifier; method one of
+    DECISIONS ('bab': branch and bound, MAYBE at node_limit domains or time_limit seconds). A NO always
+    has a verified witness: a point of the ε-ball (checked in float64 and in the network's dtype) that
+    the network misclassifies (Certifier.witness); return_witness: return (answer, witness or None)."""
     return certifier(net, torch.as_tensor(x).shape).certify(x, label, eps, norm, method, bounds,
                                                             attack_steps=attack_steps, generator=generator,
-                                                            time_limit=time_limit, return_witness=return_witness)
+                                                            time_limit=time_limit, return_witness=return_witness,
+                                                            node_limit=node_limit)

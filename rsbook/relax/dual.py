@@ -13,6 +13,11 @@ ReLU is the identity (l ≥ 0) or zero (u ≤ 0). At the input, min over the bal
 defenses"). The result is the dual objective at a dual-feasible point of the LP with the same
 intermediate bounds, hence ≤ the LP's minimum (weak duality).
 
+`dual_margins` is the one backward pass of every linear bound here: with other lower slopes
+a ∈ [0, 1] (the lower line y ≥ a x̂ stays a convex combination of y ≥ 0 and y ≥ x̂, the point stays
+dual-feasible) it is CROWN or α-CROWN (rsbook.relax.crown), and with split constraints and their
+multipliers it bounds a branch-and-bound domain (rsbook.relax.bab).
+
 `intermediate_bounds` computes the pre-activation bounds [l⁽ⁱ⁾, u⁽ⁱ⁾] layer by layer: by interval
 propagation ('ibp'), by this dual bound applied to ±e_j at every neuron of the layer ('dual', as
 Wong & Kolter do), or by the element-wise intersection of both ('ibp+dual').
@@ -41,11 +46,32 @@ def relu_slopes(lower: torch.Tensor, upper: torch.Tensor):
 
 
 def dual_margins(network: AffineNetwork, x: torch.Tensor, eps, norm: str, spec: torch.Tensor, bounds: list,
-                 depth: int | None = None) -> torch.Tensor:
-    """Wong & Kolter's lower bound (B, K) on spec @ x̂⁽ᵈᵉᵖᵗʰ⁾ over the ε-ball around each row of x.
+                 depth: int | None = None, lower_slopes: list | None = None, splits: list | None = None,
+                 betas: list | None = None, trace: list | None = None, return_input: bool = False,
+                 relaxation: list | None = None):
+    """Wong & Kolter's lower bound (B, K) on spec @ x̂⁽ᵈᵉᵖᵗʰ⁾ over the ε-ball around each row of x, or,
+    with `lower_slopes`, the same backward pass with other lower lines (CROWN, rsbook.relax.crown).
 
     spec: (K, n_depth) or (B, K, n_depth); bounds: pre-activation bounds (l, u), each (B, n_i), of the
     hidden layers 1..depth-1; depth: the affine layer whose output is bounded (default L, the logits).
+
+    lower_slopes: one entry per hidden layer i = 1..depth-1, None (the slope u/(u − l) of the upper
+    line, Wong & Kolter) or a tensor broadcastable to (B, K, n_i): the slope a of the lower line
+    y ≥ a x̂ of each unstable neuron, per specification row. Any a ∈ [0, 1] gives a valid line (a convex
+    combination of y ≥ 0 and y ≥ x̂), so the result is a lower bound for any slopes: they are clamped
+    to [0, 1] here, and the value returned is the bound at the clamped slopes. Stable neurons ignore
+    them (their ReLU is exact).
+
+    splits, betas (branch and bound, β-CROWN's idea, Wang et al. 2021): per hidden layer, splits[i] a
+    (B, n_i) tensor of signs σ ∈ {−1, 0, +1} (+1: the domain requires x̂ ≥ 0, −1: x̂ ≤ 0, 0: no
+    split) and betas[i] ≥ 0 broadcastable to (B, K, n_i); the term −β σ x̂ (≤ 0 on the domain) is
+    added to the objective, so the value bounds the minimum over the domain {σ x̂ ≥ 0} for any β ≥ 0
+    (clamped at 0 here), provided `bounds` hold on that domain.
+
+    trace: a list that receives, per hidden layer from the last one down, the coefficients (B, K, n_i)
+    of its post-activations y⁽ⁱ⁾ in the bound (branching scores). return_input: also return the
+    coefficients (B, K, n_0) of the input x̃, whose minimiser over the ball is the bound's worst point.
+    relaxation: relu_slopes of every entry of bounds, when the caller has them (repeated evaluations).
     """
     depth = network.depth if depth is None else depth
     batch = x.shape[0]
@@ -54,15 +80,25 @@ def dual_margins(network: AffineNetwork, x: torch.Tensor, eps, norm: str, spec: 
     if lam.dim() == 2:
         lam, const = lam.expand(batch, *lam.shape), const.expand(batch, *const.shape)
     for i in range(depth - 2, -1, -1):
+        if trace is not None:
+            trace.append(lam)
         lower, upper = bounds[i]
-        slope, unstable = relu_slopes(lower, upper)
+        slope, unstable = relu_slopes(lower, upper) if relaxation is None else relaxation[i]
         offset = (-slope * lower * unstable).unsqueeze(1)  # −s l ≥ 0 on unstable neurons, 0 elsewhere
         const = const + (lam.clamp(max=0) * offset).sum(-1)
-        mu = lam * slope.unsqueeze(1)
+        chosen = None if lower_slopes is None else lower_slopes[i]
+        if chosen is None:
+            mu = lam * slope.unsqueeze(1)
+        else:
+            below = torch.where(unstable.unsqueeze(1), chosen.clamp(0.0, 1.0), slope.unsqueeze(1))
+            mu = torch.where(lam >= 0, lam * below, lam * slope.unsqueeze(1))
+        if splits is not None and betas is not None and betas[i] is not None:
+            mu = mu - betas[i].clamp(min=0.0) * splits[i].to(mu.dtype).unsqueeze(1)
         const = const + mu @ network.biases[i]
         lam = mu @ network.weights[i]
     const = const + (lam @ x.unsqueeze(-1)).squeeze(-1)
-    return const - ball_term(lam, _eps(eps, x), norm)
+    value = const - ball_term(lam, _eps(eps, x), norm)
+    return (value, lam) if return_input else value
 
 
 def intermediate_bounds(network: AffineNetwork, x: torch.Tensor, eps, norm: str, kind: str = "dual") -> list:

@@ -11,12 +11,14 @@ the ball in float64 and in the network's dtype, which the network misclassifies)
 from x in the ball's norm is the row's `witness_distance` (NaN for the other answers).
 
 Work is skipped only where the answer is implied, never guessed:
-  * a witness (x itself, a PGD example, an LP / MILP argmin projected into the ball) answers NO for
-    every method at this radius and at every larger radius of the grid (the point lies in the larger
-    balls too; its distance is recorded on each such row);
-  * an LP (or MILP) whose intermediate bounds lie inside the interval bounds answers YES when 'ibp'
-    did, and one whose bounds lie inside the dual bounds ('ibp+dual', 'lp') when 'dual' did
-    (ibp ≤ lp and dual ≤ lp, rsbook.relax.certify); the MILP is exact, so any YES implies its YES.
+  * a witness (x itself, a PGD example, an LP / MILP / branch-and-bound argmin projected into the ball)
+    answers NO for every method at this radius and at every larger radius of the grid (the point lies
+    in the larger balls too; its distance is recorded on each such row);
+  * an LP whose intermediate bounds lie inside those of a cheap method (ibp, dual, crown, alpha-crown)
+    that said YES is at least as tight (with the same bounds each is ≤ the LP, and the LP only gains
+    from tighter bounds: rsbook.relax.certify), so it says YES too; α-CROWN says YES when CROWN or the
+    dual bound did on the bounds it starts from (its value is at least theirs); the MILP is exact, so
+    any YES implies its YES. Branch and bound is always run (its answers are compared with the MILP's).
 Such rows have solved = False and no margin; per-certificate timings come from `time_methods`.
 """
 
@@ -40,7 +42,7 @@ from rsbook.logs import (
     run_folder,
 )
 from rsbook.progress import track
-from rsbook.relax.certify import DEFAULT_BOUNDS, METHODS, Certifier, ball_distance
+from rsbook.relax.certify import CHEAP, DECISIONS, DEFAULT_BOUNDS, GUARANTEED, METHODS, Certifier, ball_distance
 from rsbook.relax.interval import NORMS
 from rsbook.relax.lp import SolverError
 from rsbook.smooth import Smooth
@@ -48,33 +50,45 @@ from rsbook.smooth import Smooth
 __all__ = ["RESULT_COLUMNS", "certify_examples", "run_certification", "answer_shares", "certified_accuracy_table",
            "share_table", "long_curves", "time_methods", "time_compiled_lp", "smoothing_radii",
            "smoothing_curve", "smoothing_curves", "smoothing_table", "relaxation_curve", "relaxation_curves",
-           "compare_bounds", "flatten_index"]
+           "compare_bounds", "margin_table", "order_table", "compare_decisions", "flatten_index", "SLIDES_LP",
+           "ORDER_PAIRS", "ORDERED"]
 
 RESULT_COLUMNS = ("idx", "label", "norm", "eps", "method", "answer", "margin", "seconds", "solved", "status",
                   "witness_distance")
-_INSIDE = {"ibp": {"ibp"}, "dual": {"dual"}, "ibp+dual": {"ibp", "dual", "ibp+dual"},
-           "lp": {"ibp", "dual", "ibp+dual", "lp"}}
-"""_INSIDE[a]: the kinds of intermediate bounds that the bounds of kind a always lie inside."""
+_ALL_KINDS = {"ibp", "dual", "ibp+dual", "crown", "alpha-crown", "lp"}
+_INSIDE = {"ibp": {"ibp"}, "dual": {"dual"}, "ibp+dual": {"ibp", "dual", "ibp+dual"}, "crown": {"crown"},
+           "alpha-crown": _ALL_KINDS - {"lp"}, "lp": _ALL_KINDS}
+"""_INSIDE[a]: the kinds of intermediate bounds that the bounds of kind a always lie inside
+(rsbook.relax.crown.alpha_crown_bounds intersects with the interval, dual and CROWN bounds; the 'lp'
+kind tightens the 'alpha-crown' bounds)."""
 
 
 def _implied_yes(method: str, kinds: dict, yes: dict) -> bool:
-    """Whether the YES answers so far imply `method`'s: the MILP is exact, so any sound YES implies
-    its YES; an LP with bounds inside those of an 'ibp' or 'dual' method that said YES is at least as
-    tight (the LP is monotone in its bounds and lies above both bounds with the same bounds)."""
+    """Whether the YES answers so far imply `method`'s (module docstring): the MILP is exact, so any sound
+    YES implies its YES; an LP with bounds inside those of a cheap method that said YES is at least as
+    tight; α-CROWN is at least CROWN and the dual bound on the bounds it starts from (its own kind of
+    bounds, or, on 'alpha-crown' bounds, theirs)."""
     if method == "milp":
         return any(yes.values())
     if method == "lp":
         inside = _INSIDE.get(kinds["lp"], set())
-        return any(yes.get(m, False) and kinds.get(m) in inside for m in ("ibp", "dual"))
+        return any(yes.get(m, False) and kinds.get(m) in inside for m in CHEAP)
+    if method == "alpha-crown":
+        own = kinds["alpha-crown"]
+        return any(yes.get(m, False) and (kinds.get(m) == own or (own == "alpha-crown" and kinds.get(m) == m))
+                   for m in ("dual", "crown"))
     return False
 
 
 def certify_examples(net, dataset, eps_grid, norm: str, methods=METHODS, *, out, bounds=None, skip: int = 1,
                      max_index: int = -1, limits=None, attack_steps: int = 40, attack_restarts: int = 1, seed: int = 0,
-                     time_limit: float | None = None, progress: bool = False) -> pd.DataFrame:
+                     time_limit: float | None = None, node_limit: int | None = None,
+                     progress: bool = False) -> pd.DataFrame:
     """Answers for the examples dataset[i] selected by (skip, max_index) (rsbook.dataset_runs), radii
-    eps_grid (sorted ascending), ball `norm`, and `methods` (run in this order; 'ibp' and 'dual' use
-    their own default intermediate bounds, and `bounds` maps a method to another kind).
+    eps_grid (sorted ascending), ball `norm`, and `methods` (rsbook.relax.certify.DECISIONS, run in this
+    order; each on its default intermediate bounds, DEFAULT_BOUNDS, unless `bounds` maps it to another
+    kind). time_limit: seconds per solve of the LP and MILP, the whole search of branch and bound ('bab',
+    MAYBE when reached, as at node_limit domains: Certifier.decide).
 
     limits: {method: {"examples": k, "eps": [...]}} restricts a method (e.g. the MILP) to the first k
     selected examples and to some radii. PGD (`attack_restarts` random starts of `attack_steps` steps,
@@ -90,14 +104,14 @@ def certify_examples(net, dataset, eps_grid, norm: str, methods=METHODS, *, out,
         raise ValueError(f"eps_grid must hold at least one radius >= 0, got {eps_grid!r}")
     out = Path(out)
     methods = tuple(methods)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in DECISIONS]
     if unknown:
-        raise ValueError(f"methods must be among {METHODS}, got {unknown}")
+        raise ValueError(f"methods must be among {DECISIONS}, got {unknown}")
     kinds = {m: (bounds or {}).get(m, DEFAULT_BOUNDS[m]) for m in methods}
     limits = limits or {}
     parameters = {"eps": eps_grid, "norm": norm, "methods": list(methods), "bounds": kinds, "skip": skip,
                   "max_index": max_index, "limits": limits, "attack_steps": attack_steps,
-                  "attack_restarts": attack_restarts, "time_limit": time_limit}
+                  "attack_restarts": attack_restarts, "time_limit": time_limit, "node_limit": node_limit}
     begin_run(out, parameters, seed=seed)
     table = ResultsTable(out / "results.tsv", RESULT_COLUMNS)
     indices = selected_indices(len(dataset), skip, max_index)
@@ -135,7 +149,7 @@ def certify_examples(net, dataset, eps_grid, norm: str, methods=METHODS, *, out,
                     started = time.perf_counter()
                     try:
                         answer, margin, found = _answer(certifier, x, label, eps, norm, method, kinds[method],
-                                                        time_limit)
+                                                        time_limit, node_limit)
                         row.update(answer=answer, margin=margin, solved=True)
                         if found is not None:  # a verified witness, which also lies in every larger ball
                             witness, broken = found, True
@@ -150,9 +164,10 @@ def certify_examples(net, dataset, eps_grid, norm: str, methods=METHODS, *, out,
     return table.read()
 
 
-def _answer(certifier: Certifier, x, label: int, eps: float, norm: str, method: str, kind: str, time_limit):
+def _answer(certifier: Certifier, x, label: int, eps: float, norm: str, method: str, kind: str, time_limit,
+            node_limit=None):
     """(answer, smallest margin bound found, the verified witness of a NO or None), without an attack."""
-    answer, margin, point = certifier.decide(x, label, eps, norm, method, kind, time_limit)
+    answer, margin, point = certifier.decide(x, label, eps, norm, method, kind, time_limit, node_limit=node_limit)
     return answer, margin, point if answer == "NO" else None
 
 
@@ -209,6 +224,7 @@ def time_methods(net, dataset, indices, eps: float, norm: str, methods=METHODS, 
         for idx in indices:
             x, label = dataset[idx]
             chosen = _targets(int(label), certifier.num_classes, targets)
+            certifier.forget()  # every certificate from scratch: its own intermediate bounds
             started = time.perf_counter()
             try:
                 certifier.margin_lower_bounds(x, int(label), eps, norm, method, kind, targets=chosen,
@@ -236,6 +252,7 @@ def time_compiled_lp(net, dataset, indices, eps: float, norm: str = "linf", boun
         for idx in indices:
             x, label = dataset[idx]
             chosen = _targets(int(label), certifier.num_classes, targets)
+            certifier.forget()
             started = time.perf_counter()
             certifier.margin_lower_bounds(x, int(label), eps, norm, "lp", bounds, targets=chosen)
             elapsed += (time.perf_counter() - started) * (certifier.num_classes - 1) / len(chosen)
@@ -358,6 +375,103 @@ def compare_bounds(net, dataset, indices, eps_grid, norm: str, first: str = "ibp
     table = pd.DataFrame(rows).T
     table.index.name = "ε"
     return table
+
+
+def margin_table(net, dataset, indices, eps_grid, norm: str, methods=METHODS,
+                 time_limit: float | None = None) -> pd.DataFrame:
+    """Every method's margin lower bound on every (example, target ≠ label, ε) of the examples `indices`:
+    a long frame (idx, target, eps, method, margin). methods: names of METHODS (each on its default
+    intermediate bounds) or (name, method, bounds kind) triples, e.g. SLIDES_LP. The MILP runs for ℓ∞
+    only; a solve that fails or reaches time_limit leaves NaN."""
+    example_shape = tuple(dataset[indices[0]][0].shape)
+    certifier = Certifier(net, example_shape)
+    specs = [(m, m, DEFAULT_BOUNDS[m]) if isinstance(m, str) else tuple(m) for m in methods]
+    rows = []
+    for eps in eps_grid:
+        for idx in indices:
+            x, label = dataset[idx]
+            targets = [t for t in range(certifier.num_classes) if t != int(label)]
+            for name, method, kind in specs:
+                if method == "milp" and norm != "linf":
+                    continue
+                values = np.full(certifier.num_classes, np.nan)
+                for t in targets if method in ("lp", "milp") else [None]:
+                    try:
+                        found = certifier.margin_lower_bounds(x, int(label), eps, norm, method, kind,
+                                                              targets=None if t is None else [t],
+                                                              time_limit=time_limit)
+                    except SolverError:
+                        continue
+                    values = np.where(np.isnan(values), found, values)
+                rows += [{"idx": idx, "target": t, "eps": float(eps), "method": name, "margin": values[t]}
+                         for t in targets]
+    return pd.DataFrame(rows)
+
+
+SLIDES_LP = ("lp (ibp bounds)", "lp", "ibp")
+"""The slides' LP, the triangle relaxation on interval bounds, as a margin_table method triple."""
+ORDER_PAIRS = (("ibp", "dual"), ("dual", "crown"), ("crown", "dual"), ("ibp", "alpha-crown"), ("dual", "alpha-crown"),
+               ("crown", "alpha-crown"), ("alpha-crown", "lp"), ("lp", "milp"), (SLIDES_LP[0], "dual"),
+               (SLIDES_LP[0], "lp"))
+"""The pairs the chapter checks: the documented order (rsbook.relax.certify.GUARANTEED), the pairs that
+are not ordered, and the slides' LP against the dual bound and against the LP on α-CROWN's bounds."""
+ORDERED = (*GUARANTEED, (SLIDES_LP[0], "lp"))
+"""GUARANTEED and the slides' LP ≤ the LP on α-CROWN's bounds (inside the interval bounds; the LP only
+gains from tighter bounds)."""
+
+
+def order_table(margins: pd.DataFrame, pairs=ORDER_PAIRS, guaranteed=ORDERED, tolerance: float = 1e-6) -> pd.DataFrame:
+    """For each pair (a, b) of method names: whether a ≤ b is guaranteed (`guaranteed`, default ORDERED),
+    over the (example, target, ε) where both have a bound the number compared, the share where
+    a ≤ b + tolerance (the solvers' values are accurate to about 1e-7), and the largest a − b.
+    margins: margin_table's frame (other columns than method and margin, e.g. a model, identify a row
+    too); pairs naming a method it lacks are left out."""
+    keys = [c for c in margins.columns if c not in ("method", "margin")]  # e.g. a model column too
+    wide = margins.pivot_table(index=keys, columns="method", values="margin", aggfunc="first")
+    rows = {}
+    for a, b in (pair for pair in pairs if set(pair) <= set(wide.columns)):
+        both = wide[[a, b]].dropna()
+        difference = (both[a] - both[b]).to_numpy()
+        rows[f"{a} ≤ {b}"] = {"guaranteed": "yes" if (a, b) in set(guaranteed) else "no", "compared": len(both),
+                               "holds": float(np.mean(difference <= tolerance)) if len(both) else np.nan,
+                               "largest excess": float(difference.max()) if len(both) else np.nan}
+    table = pd.DataFrame(rows).T
+    table.index.name = "order"
+    return table.astype({"compared": int, "holds": float, "largest excess": float})
+
+
+def compare_decisions(results: dict, reference: str = "milp", other: str = "bab") -> pd.DataFrame:
+    """`other` against `reference` on the rows where `reference` was solved (not implied by another
+    answer), per model of {model: certify_examples frame} and over all ('all'). Columns: rows and same
+    (every row where the reference gave an answer, solved or implied, and how many of them other
+    answered alike), solved (the rows where it was solved), answered (of those, where it gave YES, NO
+    or MAYBE), agree (other gave the same answer there),
+    errors (the reference's solver failures or time limits), other YES / other NO on errors (other's
+    answers on those rows), reference seconds and other seconds (totals over the answered rows, each
+    method's own time on the row) and ratio (other / reference)."""
+    rows = {}
+    for model, frame in results.items():
+        mine = frame[frame["method"] == other].set_index(["idx", "eps"])
+        given = frame[(frame["method"] == reference) & (frame["answer"] != "ERROR")]
+        alike = mine.loc[list(zip(given["idx"], given["eps"]))]["answer"].to_numpy() == given["answer"].to_numpy()
+        solved = frame[(frame["method"] == reference) & frame["solved"]]
+        answered, errors = solved[solved["answer"] != "ERROR"], solved[solved["answer"] == "ERROR"]
+        theirs = mine.loc[list(zip(answered["idx"], answered["eps"]))] if len(answered) else mine.iloc[:0]
+        on_errors = (mine.loc[list(zip(errors["idx"], errors["eps"]))]["answer"] if len(errors)
+                     else pd.Series([], dtype=object))
+        rows[model] = {"rows": len(given), "same": int(alike.sum()), "solved": len(solved),
+                       "answered": len(answered),
+                       "agree": int((theirs["answer"].to_numpy() == answered["answer"].to_numpy()).sum()),
+                       "errors": len(errors), f"{other} YES on errors": int((on_errors == "YES").sum()),
+                       f"{other} NO on errors": int((on_errors == "NO").sum()),
+                       f"{reference} seconds": float(answered["seconds"].sum()),
+                       f"{other} seconds": float(theirs["seconds"].sum())}
+    table = pd.DataFrame(rows).T
+    table.loc["all"] = table.sum()
+    table["ratio"] = table[f"{other} seconds"] / table[f"{reference} seconds"].where(table[f"{reference} seconds"] > 0)
+    table.index.name = "model"
+    counts = [c for c in table.columns if "seconds" not in c and c != "ratio"]
+    return table.astype({c: int for c in counts})
 
 
 def flatten_index(frame: pd.DataFrame, sep: str = " / ") -> pd.DataFrame:

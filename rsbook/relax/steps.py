@@ -4,8 +4,8 @@
     steps(parameters, root)  in the order the chapter runs them:
         training of every network (rsbook.relax.training.train_models: standard, dual, IBP and
         Gaussian-noise training, Adam), as in-process calls on `device`;
-        the relaxation certificates per model and norm (IBP, dual, LP, MILP and PGD,
-        rsbook.relax.evaluate.run_certification), always on the CPU;
+        the relaxation certificates per model and norm (IBP, dual, CROWN, α-CROWN, LP, MILP, branch
+        and bound and PGD, rsbook.relax.evaluate.run_certification), always on the CPU;
         CERTIFY of the noise-trained networks (rsbook.relax.evaluate.smoothing_radii) on `device`.
 
 The networks are this chapter's own (rsbook.relax.training), not rsbook.models architectures, so no
@@ -111,8 +111,9 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
                                  record=core.RunRecord(root / "relax", f"{name}_{norm}", {
                                      "norm": norm, "eps": sorted(float(e) for e in grid), **common}),
                                  examples=examples,
-                                 note="not estimated: the LP and MILP solve times depend on each problem (the "
-                                      "chapter's timing section measures them); IBP, dual and PGD on the CPU"))
+                                 note="not estimated: the LP, MILP and branch-and-bound times depend on each "
+                                      "problem (the chapter's timing section measures them); every certificate "
+                                      "runs on the CPU"))
     smoothing = p["smoothing"]
     for sigma in smoothing["sigmas"]:
         out.append(core.Step(CHAPTER, f"CERTIFY noise_{sigma:g}", "certify", device,
