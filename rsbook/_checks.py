@@ -136,6 +136,15 @@ def check_finite_real(value, name: str, *, minimum: float, strict: bool) -> floa
     return float(value)
 
 
+def check_radii(radii, name: str = "radii") -> list[float]:
+    """One or more radii, each a finite number >= 0, as floats in the order given (ValueError naming `name`)."""
+    items = np.atleast_1d(np.asarray(radii, dtype=object)).tolist() if not isinstance(radii, str) else [radii]
+    values = [check_finite_real(r, name, minimum=0, strict=False) for r in items]
+    if not values:
+        raise ValueError(f"{name} must hold at least one radius")
+    return values
+
+
 def check_clip(clip):
     """None, or a box (low, high) of two finite numbers with low < high; returned as floats."""
     if clip is None:

@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from rsbook import analysis
-from rsbook._checks import check_finite_real, check_nonnegative_int, check_output_path, check_sigma
+from rsbook._checks import check_nonnegative_int, check_output_path, check_sigma
+from rsbook._checks import check_radii as checked_radii
 from rsbook.logs import LogFormatError, log_manifest, read_log
 
 __all__ = ["LoggedRun", "FORMATS", "PLOT_SUFFIXES", "log_sigma", "read_logs", "check_radii", "summary", "envelope",
@@ -150,10 +151,9 @@ def read_logs(paths, sigmas=None, labels=None) -> list[LoggedRun]:
 
 
 def check_radii(radii) -> list[float]:
-    """The radii of a table: at least one, each a finite number >= 0, none twice; returned as floats."""
-    values = [check_finite_real(r, "radii", minimum=0, strict=False) for r in np.atleast_1d(radii).tolist()]
-    if not values:
-        raise ValueError("radii must hold at least one radius")
+    """The radii of a table: at least one, each a finite number >= 0 (rsbook._checks.check_radii), none twice;
+    returned as floats in the order given."""
+    values = checked_radii(radii)
     if len(set(values)) != len(values):
         raise ValueError(f"radii must be distinct, got {values}")
     return values

@@ -32,13 +32,13 @@ stream instead of m.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from rsbook._checks import check_positive_int, check_sigma
+from rsbook._checks import check_radii as checked_radii
 from rsbook.sequential import DEFAULT_FUTILITY, DEFAULT_PRIOR, _check_hits, _futility, certify_threshold
 from rsbook.sequential import plan as radius_plan
 
@@ -46,16 +46,9 @@ __all__ = ["GridPlan", "GridResult", "check_radii", "grid_plan", "certify_grid",
 
 
 def check_radii(radii) -> tuple[float, ...]:
-    """The radii as a sorted tuple of distinct finite floats >= 0 (ValueError naming `radii` otherwise)."""
-    items = list(np.atleast_1d(np.asarray(radii, dtype=object)))
-    try:
-        values = [float(r) for r in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"radii must be finite numbers >= 0, got {radii!r}") from None
-    if not values or any(isinstance(r, (bool, np.bool_)) for r in items) or \
-            any(not math.isfinite(r) or r < 0 for r in values):
-        raise ValueError(f"radii must be one or more finite numbers >= 0, got {radii!r}")
-    return tuple(sorted(set(values)))
+    """The radii as a sorted tuple of distinct finite floats >= 0 (rsbook._checks.check_radii; ValueError naming
+    `radii` otherwise)."""
+    return tuple(sorted(set(checked_radii(radii))))
 
 
 @dataclass(frozen=True)
