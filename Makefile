@@ -8,6 +8,7 @@ OUT ?= book
 CH ?=
 ARGS ?=
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 export RSBOOK_BENCH ?= $(CURDIR)/benchmarks/results/latest.json
 
 REHEARSE_RUNS ?= $(RUNS)/rehearse
@@ -33,7 +34,7 @@ chapter: venv
 	$(PY) tools/book.py build --profile $(PROFILE) --runs $(RUNS) --out $(OUT) --chapter $(CH) $(ARGS)
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) benchmarks/bench_certify.py --out $(RSBOOK_BENCH)

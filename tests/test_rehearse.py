@@ -13,7 +13,8 @@ import pytest
 from rsbook.book import steps
 from rsbook.book.running import is_done
 from rsbook.cohen import steps as cohen_steps
-from rsbook.logs import read_certify_log, read_log_manifest
+from rsbook.analysis import certified_accuracy
+from rsbook.logs import read_log, read_log_manifest
 from rsbook.book.profiles import chapter_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ TINY = {
                "num_noise": 2, "n_predict": 8, "batch": 8},
     "topk": {"dataset": "cifar10", "sigma": 0.25, "ks": [1, 3], "n": 16, "skip": 2, "batch": 8, "radius": 0.5},
     "n_grid": [10, 100], "alpha_grid": [0.01, 0.001], "perf": {"n0": 4, "n": 32, "batch": 16, "repeats": 1},
-    "device": "cpu", "devices": 2,
+    "figure_skip": 1, "device": "cpu", "devices": 2,
 }
 
 
@@ -49,21 +50,24 @@ def test_the_full_path_launches_its_steps_and_the_chapter_reads_their_logs(runs,
     assert parameters["launch"] is True  # the full profile launches its steps
     plan = cohen_steps.steps(parameters, runs / "cohen_rerun" / "full")
     commands = [s for s in plan if s.runner == "command"]
-    assert [s.kind for s in commands] == ["train", "certify", "certify", "predict", "predict", "predict", "topk",
-                                          "attack"]
+    assert parameters["certify"] == "sequential"  # the tables certified sequentially, the figures' log with fixed n
+    assert [s.kind for s in commands] == ["train", "certify_radius", "certify_radius", "certify", "predict", "predict",
+                                          "predict", "topk", "attack"]
     for step in commands:
         assert is_done(step), step.name
         launched = "launched, 2 processes" if step.splits_work else "launched, 1 process"
         assert f"{step.name} ({launched})" in output
-    for step in steps.outputs(plan, "certify"):
-        log = read_certify_log(step.output)
+    for step in [*steps.outputs(plan, "certify"), *steps.outputs(plan, "certify_radius")]:
+        log = read_log(step.output)
         assert list(log["idx"]) == [0, 1, 2, 3, 4]  # every image of the miniature test batch
         assert "checkpoint_sha256" in read_log_manifest(step.output)["parameters"]  # written by `rsbook certify`
     cells = pd.read_csv(notebook.parent / "comparisons.csv")
     table3 = cells[(cells["document"] == "cohen") & (cells["table"] == "Table 3")]
-    matched = read_certify_log(next(s for s in plan if s.kind == "certify" and s.info["sigma"] == 0.25).output)
+    matched = read_log(next(s for s in plan if s.kind == "certify_radius" and s.info["sigma"] == 0.25
+                            and s.info["noise"] == 0.25).output)
+    assert "samples" in matched  # a sequential log: its rows decide the table's radii
     assert float(table3[(table3["row"].astype(float) == 0.25) & (table3["column"].astype(float) == 0.0)]["ours"]
-                 .iloc[0]) == pytest.approx(float(((matched["correct"] == 1) & (matched["radius"] >= 0)).mean()))
+                 .iloc[0]) == pytest.approx(float(certified_accuracy(matched, [0.0]).iloc[0]))
     # executed again, it resumes: every launched step is complete, nothing is launched
     again = _streams(book.execute("chapters/cohen_rerun", "full", runs, overrides=TINY, force=True))
     assert "launched" not in again
