@@ -34,7 +34,7 @@ chapter: venv
 	$(PY) tools/book.py build --profile $(PROFILE) --runs $(RUNS) --out $(OUT) --chapter $(CH) $(ARGS)
 
 test: venv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) benchmarks/bench_certify.py --out $(RSBOOK_BENCH)

@@ -83,18 +83,28 @@ BOOK_TEST_DIR = ROOT / "runs" / "tests" / "book-smoke"
 
 
 @pytest.fixture(scope="session")
-def smoke_book():
+def smoke_book(testrun_uid):
     """`make book PROFILE=smoke` into runs/tests/book-smoke/ (kept after the session for
-    inspection: the executed chapters, the HTML and the browser screenshot). Returns (runs, html)."""
-    shutil.rmtree(BOOK_TEST_DIR, ignore_errors=True)
+    inspection: the executed chapters, the HTML and the browser screenshot). Returns (runs, html).
+    Under pytest-xdist (`make test` runs two workers) the first worker to need it builds it while
+    holding a lock, and the others wait for it and reuse it: the folder is stamped with this test
+    run's id (pytest-xdist's testrun_uid, shared by the workers)."""
+    from filelock import FileLock
+
     runs_dir, out = BOOK_TEST_DIR / "runs", BOOK_TEST_DIR / "out"
-    env = {**os.environ, "RSBOOK_MIRROR": str(mirror_path())}
-    result = subprocess.run(
-        ["make", "-C", str(ROOT), "book", "PROFILE=smoke", f"RUNS={runs_dir}", f"OUT={out}",
-         f"VENV={Path(sys.executable).parents[1]}"],
-        env=env, capture_output=True, text=True,
-    )
-    assert result.returncode == 0, f"make book failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    stamp = BOOK_TEST_DIR / "testrun"
+    BOOK_TEST_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(BOOK_TEST_DIR.parent / "book-smoke.lock")):
+        if not (stamp.is_file() and stamp.read_text() == testrun_uid):
+            shutil.rmtree(BOOK_TEST_DIR, ignore_errors=True)
+            env = {**os.environ, "RSBOOK_MIRROR": str(mirror_path())}
+            result = subprocess.run(
+                ["make", "-C", str(ROOT), "book", "PROFILE=smoke", f"RUNS={runs_dir}", f"OUT={out}",
+                 f"VENV={Path(sys.executable).parents[1]}"],
+                env=env, capture_output=True, text=True,
+            )
+            assert result.returncode == 0, f"make book failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            stamp.write_text(testrun_uid)
     return runs_dir, out / "_build" / "html"
 
 

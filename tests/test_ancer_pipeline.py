@@ -131,6 +131,7 @@ def test_full_profile_path_on_a_miniature_cifar(runs, cifar):
         "image_settings": {**tiny, "rancer": {**tiny["rancer"], "rank": 2, "lanczos_steps": 4},
                            "n0": 4, "n": 16, "alpha": 0.001, "batch_size": 16},
         "image_chunk": 2, "device": "cpu", "cpu_threads": 1, "figure_examples": 1,
+        "launch": False,  # the steps in this process; launched through torchrun: tests/test_ancer_distributed.py
     }
     notebook = book.execute("chapters/ancer", "full", runs, overrides=shrink, force=True)
     cells = pd.read_csv(notebook.parent / "comparisons.csv")

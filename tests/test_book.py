@@ -30,7 +30,6 @@ from rsbook.logs import read_log  # noqa: E402
 from rsbook.published import file_sha256  # noqa: E402
 
 pytestmark = pytest.mark.slow
-SMOKE_BOOK = pytest.mark.xdist_group("smoke_book")  # under pytest-xdist one worker builds the smoke book and reads it
 
 
 def test_every_chapter_has_one_parameters_cell_and_no_definitions():
@@ -48,8 +47,8 @@ def test_every_chapter_has_one_parameters_cell_and_no_definitions():
                     f"{source}: chapters call into rsbook; no def or class"
 
 
-def test_chapter_executes_at_smoke_and_a_parameter_changes_the_result(runs):
-    first = book.execute("chapters/cohen_logs", "smoke", runs)
+def test_chapter_executes_at_smoke_and_a_parameter_changes_the_result(smoke_book, runs):
+    first = smoke_book[0] / "cohen_logs" / "smoke" / "cohen_logs.ipynb"  # executed by the smoke book
     glued = glued_values(first)
     comparisons = pd.read_csv(first.parent / "comparisons.csv")
     assert {"Table 1", "Table 2", "Table 3", "Table 4"} <= set(comparisons.loc[comparisons["document"] == "cohen",
@@ -72,7 +71,6 @@ def test_a_failing_chapter_reports_the_error(runs):
     assert not (runs / "cohen_logs" / "smoke" / "cohen_logs.ipynb").exists()
 
 
-@SMOKE_BOOK
 def test_smoke_book_renders_table_2_with_computed_values(smoke_book):
     runs_dir, html_dir = smoke_book
     page = (html_dir / "chapters" / "cohen_logs.html").read_text()
@@ -112,7 +110,6 @@ def test_parameters_source_puts_the_injected_values_in_place():
     assert (namespace["sigma"], namespace["grid"], namespace["extra"], namespace["seed"]) == (0.5, {"a": 3}, [1, 2], 0)
 
 
-@SMOKE_BOOK
 def test_rendered_chapters_show_one_parameters_cell_naming_the_profile(smoke_book):
     runs_dir, html_dir = smoke_book
     for chapter in CHAPTERS:
@@ -136,7 +133,6 @@ _REMOTE_LOAD = re.compile(r"<(script|link|img|iframe|source|embed|object)\b[^>]*
                           re.I)
 
 
-@SMOKE_BOOK
 def test_no_page_loads_anything_from_the_network(smoke_book):
     _, html_dir = smoke_book
     pages = sorted(html_dir.rglob("*.html"))
@@ -151,7 +147,6 @@ def test_no_page_loads_anything_from_the_network(smoke_book):
     assert (html_dir / "_static" / "mathjax" / "tex-chtml.js").is_file()
 
 
-@SMOKE_BOOK
 def test_every_displayed_table_has_a_caption_and_the_house_style(smoke_book):
     _, html_dir = smoke_book
     for chapter in CHAPTERS:
@@ -163,7 +158,6 @@ def test_every_displayed_table_has_a_caption_and_the_house_style(smoke_book):
             assert "rsbook-table" in table.get("class", []), (chapter, caption.get_text()[:80])
 
 
-@SMOKE_BOOK
 def test_scoreboard_links_reach_their_tables_and_the_results_csv(smoke_book):
     runs_dir, html_dir = smoke_book
     intro = _page(html_dir, "intro.html")
@@ -372,7 +366,6 @@ MIN_CONTRAST = 4.5  # WCAG AA for body text
 FIGURES = {"cohen_logs": 7, "cohen_rerun": 4, "relax": 6, "fars": 4, "ancer": 3}  # at least, at the smoke profile
 
 
-@SMOKE_BOOK
 @pytest.mark.parametrize("chapter, figures", [(doc, FIGURES.get(Path(doc).name, 0)) for doc in book.toc_documents()])
 def test_browser_loads_each_chapter_and_every_figure(smoke_book, tmp_path, chapter, figures):
     chromium = _chromium()
@@ -457,6 +450,7 @@ def test_full_profile_path_on_tiny_on_disk_datasets(runs, cifar, tmp_path, monke
         "topk": {"dataset": "imagenet", "sigma": 0.5, "ks": [1, 3, 5], "n": 16, "skip": 2, "batch": 8, "radius": 0.5},
         "n_grid": [10, 100], "alpha_grid": [0.01, 0.001], "device": "cpu",
         "perf": {"n0": 4, "n": 32, "batch": 16, "repeats": 1},
+        "launch": False,  # the steps in this process; launched through torchrun: tests/test_rehearse.py
     }
     notebook = book.execute("chapters/cohen_rerun", "full", runs, overrides=shrink, force=True)
     cells = pd.read_csv(notebook.parent / "comparisons.csv")

@@ -475,14 +475,8 @@ def test_certificates_attacks_and_timings_on_a_trained_model(tiny_run):
 # ------------------------------------------------------------------------------------ the chapter
 
 @pytest.mark.slow
-def test_chapter_executes_at_smoke_and_records_its_tables(runs):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import book
-
-    notebook = book.execute("chapters/fars", "smoke", runs, force=True)
+def test_chapter_executes_at_smoke_and_records_its_tables(smoke_book):
+    notebook = smoke_book[0] / "fars" / "smoke" / "fars.ipynb"  # executed by the smoke book
     cells = pd.read_csv(notebook.parent / "comparisons.csv")
     tables = set(cells.loc[cells["document"] == "fars", "table"])
     assert {"Table 1 (digits)", "Table 2 (digits)"} <= tables  # digits: recorded, not compared
@@ -513,6 +507,7 @@ def test_chapter_full_profile_path_on_a_tiny_imagenette(runs, tmp_path, monkeypa
         "n0": 10, "n": 50, "mc_batch": 50, "attack": {"steps": 2, "batch": 3, "num_noise": 2, "n_predict": 20},
         "speed": {"examples": 1, "sigma_input": 0.25, "batch": 30},
         "lipschitz": {"examples": 1, "iterations": 2, "steps": 2}, "device": "cpu", "workers": 0, "threads": 1,
+        "launch": False,  # the steps in this process; launched through torchrun: tests/test_fars.py's two-process tests
     }
     notebook = book.execute("chapters/fars", "full", runs, overrides=shrink, force=True)
     cells = pd.read_csv(notebook.parent / "comparisons.csv")

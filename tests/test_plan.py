@@ -129,7 +129,6 @@ def test_the_smoke_plan_lists_every_step_writes_its_json_and_prints_hours(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smoke_book")  # the worker that builds the smoke book for tests/test_book.py
 def test_after_the_smoke_book_every_step_the_chapters_ran_is_done(smoke_book, monkeypatch):
     """The step descriptions name exactly the checkpoints, logs and run folders the chapters write."""
     from conftest import mirror_path

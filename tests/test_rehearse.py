@@ -51,7 +51,7 @@ def test_the_full_path_launches_its_steps_and_the_chapter_reads_their_logs(runs,
     plan = cohen_steps.steps(parameters, runs / "cohen_rerun" / "full")
     commands = [s for s in plan if s.runner == "command"]
     assert parameters["certify"] == "sequential"  # the tables certified sequentially, the figures' log with fixed n
-    assert [s.kind for s in commands] == ["train", "certify_radius", "certify_radius", "certify", "predict", "predict",
+    assert [s.kind for s in commands] == ["train", "certify_radius", "certify", "certify_radius", "predict", "predict",
                                           "predict", "topk", "attack"]
     for step in commands:
         assert is_done(step), step.name

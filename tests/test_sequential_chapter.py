@@ -31,8 +31,8 @@ def test_chapter_source_follows_the_rules():
 
 
 @pytest.mark.slow
-def test_chapter_executes_at_smoke(runs):
-    notebook = book.execute("chapters/sequential", "smoke", runs)
+def test_chapter_executes_at_smoke(smoke_book, runs):
+    notebook = smoke_book[0] / "sequential" / "smoke" / "sequential.ipynb"  # executed by the smoke book
     glued = glued_values(notebook)
     assert float(glued["h_samples"]) > 0 and float(glued["h_reduction"]) > 1
     # issue 20, sec. 2: power beside the savings, the looks, the exact peak, the seed spread
