@@ -29,6 +29,7 @@ from rsbook.relax.lp import RelaxedProblem
 from rsbook.relax.network import affine_network
 from rsbook.relax.toy import two_moons
 from rsbook.relax.training import (
+    crown_ibp_beta,
     epsilon_schedule,
     load_model,
     mlp,
@@ -651,6 +652,47 @@ def test_robust_loss_is_differentiable_and_matches_the_per_example_dual_bound():
     assert float(hinge.detach()) == pytest.approx(float(expected))
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_crown_ibp_loss_bounds_the_margins_in_the_ball_at_every_beta(norm):
+    # Zhang et al. 2020: β·CROWN-IBP + (1 − β)·IBP is a lower bound on every margin over the ball, so the
+    # hinge loss of one example is at least the hinge of the margins at any point of the ball.
+    net = random_net(5, (2, 12, 12, 3), scale=1.5)
+    generator = torch.Generator().manual_seed(7)
+    eps = 0.2
+    for i in range(6):
+        x = point(i)[None]
+        label = torch.tensor([prediction(net, x[0])])
+        noise = torch.randn(2000, 2, generator=generator, dtype=torch.float64)
+        scale = torch.rand(2000, 1, generator=generator, dtype=torch.float64)
+        inside = x + eps * (noise.sign() * scale if norm == "linf" else noise / noise.norm(dim=1, keepdim=True) * scale)
+        with torch.no_grad():
+            logits = net(inside)
+        worst = torch.relu(logits.max(1).values - logits[:, label[0]]).max()
+        losses = {}
+        for beta in (0.0, 0.5, 1.0):
+            value, not_certified = robust_loss(net, x, label, eps, norm, loss="hinge", method="crown-ibp", beta=beta)
+            losses[beta] = float(value.detach())
+            assert losses[beta] >= float(worst) - 1e-12
+            if worst > 0:
+                assert not_certified == 1.0
+        ibp, _ = robust_loss(net, x, label, eps, norm, loss="hinge", method="ibp")
+        assert losses[0.0] == pytest.approx(float(ibp.detach()))
+    value, _ = robust_loss(net, point(0)[None], label, eps, norm, method="crown-ibp", beta=0.5)
+    value.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    with pytest.raises(ValueError, match="beta"):
+        robust_loss(net, point(0)[None], label, eps, norm, method="crown-ibp", beta=1.5)
+    with pytest.raises(ValueError, match="method"):
+        robust_loss(net, point(0)[None], label, eps, norm, method="crown")
+
+
+def test_crown_ibp_beta_falls_from_one_to_zero_over_the_ramp():
+    assert crown_ibp_beta(0, 10) == pytest.approx(0.9)
+    assert crown_ibp_beta(4, 10) == pytest.approx(0.5)
+    assert crown_ibp_beta(9, 10) == crown_ibp_beta(50, 10) == 0.0
+    assert crown_ibp_beta(0, 0) == 0.0
+
+
 def test_epsilon_ramp():
     assert epsilon_schedule(0, 10, 0.5) == pytest.approx(0.05)
     assert epsilon_schedule(4, 10, 0.5) == pytest.approx(0.25)
@@ -658,17 +700,21 @@ def test_epsilon_ramp():
     assert epsilon_schedule(0, 0, 0.5) == 0.5
 
 
-def test_dual_training_certifies_more_and_resumes_to_the_same_weights(tmp_path):
+def test_robust_training_certifies_more_and_resumes_to_the_same_weights(tmp_path):
     data = two_moons(200, seed=1)
     kwargs = dict(arch="mlp", input_shape=(2,), num_classes=2, hidden=(16, 16), batch_size=50, lr=0.01, seed=0)
     robust = train_model(tmp_path / "dual", data, mode="dual", epochs=30, eps=0.25, ramp_epochs=10, **kwargs)
     standard = train_model(tmp_path / "standard", data, mode="standard", epochs=30, **kwargs)
+    crown_ibp = train_model(tmp_path / "crown-ibp", data, mode="crown-ibp", epochs=30, eps=0.25, ramp_epochs=10,
+                            **kwargs)
     test = two_moons(200, seed=2)
     fractions = {}
-    for name, path in (("dual", robust), ("standard", standard)):
+    for name, path, method in (("dual", robust, "dual"), ("standard", standard, "dual"),
+                               ("crown-ibp", crown_ibp, "crown-ibp"), ("standard, crown-ibp", standard, "crown-ibp")):
         with torch.no_grad():
-            fractions[name] = 1 - robust_loss(load_model(path), test.x, test.labels, 0.25)[1]
+            fractions[name] = 1 - robust_loss(load_model(path), test.x, test.labels, 0.25, method=method)[1]
     assert fractions["dual"] > fractions["standard"] + 0.1
+    assert fractions["crown-ibp"] > fractions["standard, crown-ibp"] + 0.1
     train_model(tmp_path / "resumed", data, mode="dual", epochs=13, eps=0.25, ramp_epochs=10, **kwargs)
     resumed = train_model(tmp_path / "resumed", data, mode="dual", epochs=30, eps=0.25, ramp_epochs=10, **kwargs)
     for a, b in zip(load_model(resumed).state_dict().values(), load_model(robust).state_dict().values()):

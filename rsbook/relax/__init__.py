@@ -8,11 +8,10 @@ Modules:
   crown      CROWN (adaptive lower slopes) and α-CROWN (slopes optimised by projected gradient), their
              intermediate bounds (the LP's and the MILP's by default)
   lp         the "Overall LP" (triangle relaxation) and the exact MILP as parametrized cvxpy problems
-  rounding   how far the network as run in float32 can be from its exact version over the ball
   bab        branch and bound on ReLU splits with α,β-CROWN bounds: a complete verifier
   certify    margin lower bounds and YES / MAYBE / NO answers (Certifier; cached per network)
   rounding   how far the network as run in its dtype can be from its exact version over a ball (YES thresholds)
-  training   the chapter's networks; normal, noise and dual-robust training with an ε ramp
+  training   the chapter's networks; normal, noise and robust training (dual bound, IBP, CROWN-IBP) with an ε ramp
   evaluate   answers over a test subsample (resumable), summaries, timings, randomized smoothing
   geometry   the 2-D pictures: the ball's image under a network and its relaxations
   toy        seeded two-moons data

@@ -2,16 +2,16 @@
 (rsbook.book.steps, rsbook.book.plan).
 
     steps(parameters, root)  in the order the chapter runs them:
-        training of every network (rsbook.relax.training.train_models: standard, dual, IBP and
-        Gaussian-noise training, Adam), as in-process calls on `device`;
+        training of every network (rsbook.relax.training.train_models: standard, dual, IBP, CROWN-IBP
+        and Gaussian-noise training, Adam), as in-process calls on `device`;
         the relaxation certificates per model and norm (IBP, dual, CROWN, α-CROWN, LP, MILP, branch
         and bound and PGD, rsbook.relax.evaluate.run_certification), always on the CPU;
         CERTIFY of the noise-trained networks (rsbook.relax.evaluate.smoothing_radii) on `device`.
 
 The networks are this chapter's own (rsbook.relax.training), not rsbook.models architectures, so no
 `rsbook` command trains or certifies them: every step runs in the chapter's process. Training and
-CERTIFY are estimated from measured throughput (robust training through the dual or interval bound
-is its own operation, 'train_dual' / 'train_ibp'); the LP and MILP solves are not estimated (their
+CERTIFY are estimated from measured throughput (robust training through each bound is its own
+operation: 'train_dual', 'train_ibp', 'train_crown-ibp'); the LP and MILP solves are not estimated (their
 time depends on each problem: the chapter's timing section measures them), and the plan says so.
 """
 
@@ -37,8 +37,9 @@ def noise_models(smoothing: Mapping) -> dict:
 
 
 def robust_step(method: str, norm: str, module, inputs, labels):
-    """One robust-training step (rsbook.relax.training.robust_loss through the dual bound or interval
-    bounds, at a fixed eps: eps does not change the cost), backward and an update of the weights."""
+    """One robust-training step (rsbook.relax.training.robust_loss through the dual bound, interval bounds
+    or CROWN-IBP at β = 1, its costliest; at a fixed eps: eps does not change the cost), backward and an
+    update of the weights."""
     import torch
 
     from rsbook.relax.training import robust_loss
@@ -53,11 +54,11 @@ def robust_step(method: str, norm: str, module, inputs, labels):
 
 def _model(arch: str, dataset: str, hidden) -> core.Model:
     from rsbook.relax.toy import dataset_classes
-    from rsbook.relax.training import build_model
+    from rsbook.relax.training import ROBUST, build_model
 
     shape, classes = data.input_shape(dataset), dataset_classes(dataset)
     operations = {f"train_{method}_{norm}": partial(robust_step, method, norm)
-                  for method in ("dual", "ibp") for norm in ("linf", "l2")}
+                  for method in ROBUST for norm in ("linf", "l2")}
     return core.Model(f"relax {arch} {list(hidden or [])} ({dataset})",
                       partial(build_model, arch, shape, classes, hidden), shape, classes, operations)
 
@@ -78,7 +79,7 @@ def _train(root, dataset: str, arch: str, name: str, settings: dict, *, seed: in
 def steps(parameters: Mapping, root) -> list[core.Step]:
     """The chapter's steps at `parameters` (its parameters cell) with run folder `root`."""
     from rsbook.relax.toy import dataset_classes
-    from rsbook.relax.training import CHECKPOINT
+    from rsbook.relax.training import CHECKPOINT, ROBUST
 
     p, root = parameters, Path(root)
     dataset, arch, hidden = p["dataset"], p["arch"], p.get("hidden")
@@ -93,7 +94,7 @@ def steps(parameters: Mapping, root) -> list[core.Step]:
         identity = {"arch": arch, "input_shape": list(shape), "num_classes": int(dataset_classes(dataset)),
                     "seed": seed, "dataset": dataset, "size": size, **arguments}
         mode = settings.get("mode", "standard")
-        operation = f"train_{mode}_{settings.get('norm', 'linf')}" if mode in ("dual", "ibp") else "train"
+        operation = f"train_{mode}_{settings.get('norm', 'linf')}" if mode in ROBUST else "train"
         out.append(core.Step(CHAPTER, f"train {name}", "train", device,
                              call=partial(_train, root, dataset, arch, name, settings, seed=seed, device=device,
                                           hidden=hidden, training=training),

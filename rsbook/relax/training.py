@@ -10,6 +10,15 @@ because the dual bound is a closed-form function of the weights (rsbook.relax.du
            of the logits of a worst case that the dual bound certifies;
   'hinge'  the slides' margin loss max_{t≠y} max(−m_t, 0) ("Robust Training with Lower Bounds").
 
+Beside the dual bound, two cheaper bounds train networks for contrast: interval bound propagation
+('ibp', Gowal et al. 2018) and CROWN-IBP ('crown-ibp', Zhang et al. 2020, "Towards Stable and
+Efficient Training of Verifiably Robust Neural Networks", Sec. 3): interval bounds on every hidden
+layer and CROWN's backward pass (rsbook.relax.crown, adaptive lower slopes) for the margins, mixed
+with the interval margins as β·m_CROWN-IBP + (1 − β)·m_IBP, β falling linearly from 1 to 0 over the
+ε ramp (their β_start = 1, β_end = 0). A convex combination of two lower bounds is a lower bound, so
+the loss is still an upper bound on the worst-case loss. Their κ-mixing of the natural loss is left
+out, as it is for the other two bounds here.
+
 ε grows linearly from ε/ramp_steps to its target over the first `ramp_epochs` epochs (per batch),
 as Wong & Kolter (2018) and Wong et al. (2018) schedule it; a large ε at initialisation makes almost
 every ReLU unstable and the bound vacuous.
@@ -35,14 +44,18 @@ from rsbook._checks import check_positive_int
 from rsbook._io import append_epoch_row, atomic_write, read_torch_dict, trim_epoch_rows
 from rsbook.logs import begin_run, finish_manifest
 from rsbook.progress import track
+from rsbook.relax.crown import crown_margins
 from rsbook.relax.dual import dual_margins, intermediate_bounds
 from rsbook.relax.interval import NORMS, interval_bounds, interval_margins
 from rsbook.relax.network import affine_network
 
-__all__ = ["ARCHITECTURES", "MODES", "LOSSES", "mlp", "conv_small", "build_model", "epsilon_schedule", "robust_loss",
+__all__ = ["ARCHITECTURES", "MODES", "ROBUST", "LOSSES", "mlp", "conv_small", "build_model", "epsilon_schedule",
+           "crown_ibp_beta", "robust_loss",
            "train_model", "train_models", "load_model", "clean_accuracy", "CHECKPOINT", "TRAIN_LOG"]
 
-MODES = ("standard", "noise", "dual", "ibp")
+MODES = ("standard", "noise", "dual", "ibp", "crown-ibp")
+ROBUST = ("dual", "ibp", "crown-ibp")
+"""The modes that train through a margin lower bound (robust_loss's methods)."""
 LOSSES = ("ce", "hinge")
 CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.tsv"
@@ -87,14 +100,21 @@ def epsilon_schedule(step: int, ramp_steps: int, eps: float) -> float:
     return float(eps) * min(1.0, (step + 1) / ramp_steps)
 
 
+def crown_ibp_beta(step: int, ramp_steps: int) -> float:
+    """CROWN-IBP's β at training step `step` (0-based): 1 − epsilon_schedule's fraction of the ramp, so 1 −
+    1/ramp_steps at the first step and 0 from the end of the ramp on (Zhang et al. 2020, β from 1 to 0)."""
+    return 1.0 - epsilon_schedule(step, ramp_steps, 1.0)
+
+
 def robust_loss(net, x: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf", loss: str = "ce",
-                bounds: str = "dual", method: str = "dual"):
+                bounds: str = "dual", method: str = "dual", beta: float = 1.0):
     """(mean robust loss, fraction of examples not certified) of a batch under a margin lower bound.
 
     x: (B, *input_shape), labels: (B,). The lower bound J (B, K) of the margins f_y − f_t over the
     ε-ball is Wong & Kolter's dual bound (method 'dual') with intermediate bounds `bounds` ('dual' as
-    Wong & Kolter, 'ibp' or 'ibp+dual'), or interval bound propagation (method 'ibp', Gowal et al.
-    2018, for contrast), differentiable in the network's weights. loss: 'ce' or 'hinge'."""
+    Wong & Kolter, 'ibp' or 'ibp+dual'), interval bound propagation (method 'ibp', Gowal et al.
+    2018), or CROWN-IBP (method 'crown-ibp', Zhang et al. 2020): beta · CROWN on interval bounds +
+    (1 − beta) · IBP, beta in [0, 1]; differentiable in the network's weights. loss: 'ce' or 'hinge'."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if norm not in NORMS:
@@ -103,12 +123,17 @@ def robust_loss(net, x: torch.Tensor, labels: torch.Tensor, eps: float, norm: st
     flat = x.reshape(x.shape[0], -1)
     classes = network.num_classes
     spec = F.one_hot(labels, classes).to(x.dtype).unsqueeze(1) - torch.eye(classes, dtype=x.dtype, device=x.device)
-    if method == "ibp":
-        margins = interval_margins(network, flat, eps, norm, spec, interval_bounds(network, flat, eps, norm))
-    elif method == "dual":
+    if method not in ROBUST:
+        raise ValueError(f"method must be one of {ROBUST}, got {method!r}")
+    if method == "crown-ibp" and not 0 <= beta <= 1:
+        raise ValueError(f"beta must be in [0, 1] (the weight of CROWN-IBP against IBP), got {beta!r}")
+    if method == "dual":
         margins = dual_margins(network, flat, eps, norm, spec, intermediate_bounds(network, flat, eps, norm, bounds))
     else:
-        raise ValueError(f"method must be 'dual' or 'ibp', got {method!r}")
+        boxes = interval_bounds(network, flat, eps, norm)
+        margins = interval_margins(network, flat, eps, norm, spec, boxes)
+        if method == "crown-ibp" and beta > 0:
+            margins = beta * crown_margins(network, flat, eps, norm, spec, boxes) + (1 - beta) * margins
     others = torch.ones_like(margins, dtype=torch.bool).scatter_(1, labels[:, None], False)
     not_certified = ((margins <= 0) & others).any(1).to(x.dtype).mean()
     if loss == "ce":
@@ -157,7 +182,8 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
 
     mode: 'standard' (cross-entropy at x), 'noise' (cross-entropy at x + N(0, sigma² I), the base
     classifier of randomized smoothing, Cohen et al. 2019 Sec. 3.3), 'dual' (robust_loss at the
-    scheduled ε with `norm`, `loss`, `bounds`) or 'ibp' (the same with interval bounds, for contrast).
+    scheduled ε with `norm`, `loss`, `bounds`), 'ibp' (the same with interval bounds) or 'crown-ibp'
+    (CROWN-IBP, its β = 1 − the ramp's progress: 1 at the first step, 0 once ε reaches its target).
     Adam with learning rate lr. out/train_log.tsv gets one row per epoch (ε, mean loss, clean training
     error, robust error under the training bound for 'dual' and 'ibp'), out/manifest.json the
     parameters. An existing checkpoint with the same parameters resumes.
@@ -166,11 +192,11 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    if mode in ("dual", "ibp") and not eps > 0:
+    if mode in ROBUST and not eps > 0:
         raise ValueError(f"eps must be > 0 for {mode} training, got {eps!r}")
     if mode == "noise" and not sigma > 0:
         raise ValueError(f"sigma must be > 0 for noise training, got {sigma!r}")
-    if mode in ("dual", "ibp") and (loss not in LOSSES or norm not in NORMS):
+    if mode in ROBUST and (loss not in LOSSES or norm not in NORMS):
         raise ValueError(f"loss must be one of {LOSSES} and norm one of {NORMS}, got {loss!r}, {norm!r}")
     device = torch.device("cpu" if device is None else device)
     out = Path(out)
@@ -204,9 +230,11 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
                                                       leave=False, every=0, disable=not progress)):
             inputs, labels = inputs.to(device), labels.to(device)
             robust = float("nan")
-            if mode in ("dual", "ibp"):
-                eps_now = epsilon_schedule(epoch * steps_per_epoch + step, ramp_steps, eps)
-                value, robust = robust_loss(model, inputs, labels, eps_now, norm, loss, bounds, method=mode)
+            if mode in ROBUST:
+                step_index = epoch * steps_per_epoch + step
+                eps_now = epsilon_schedule(step_index, ramp_steps, eps)
+                value, robust = robust_loss(model, inputs, labels, eps_now, norm, loss, bounds, method=mode,
+                                            beta=crown_ibp_beta(step_index, ramp_steps))
                 logits = model(inputs)
             else:
                 noisy = inputs + sigma * torch.randn(inputs.shape, generator=noise, device=device) if mode == "noise" \
