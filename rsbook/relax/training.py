@@ -119,14 +119,14 @@ def robust_loss(net, x: torch.Tensor, labels: torch.Tensor, eps: float, norm: st
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    network = affine_network(net, x.shape[1:], dtype=x.dtype, detach=False)
-    flat = x.reshape(x.shape[0], -1)
-    classes = network.num_classes
-    spec = F.one_hot(labels, classes).to(x.dtype).unsqueeze(1) - torch.eye(classes, dtype=x.dtype, device=x.device)
     if method not in ROBUST:
         raise ValueError(f"method must be one of {ROBUST}, got {method!r}")
     if method == "crown-ibp" and not 0 <= beta <= 1:
         raise ValueError(f"beta must be in [0, 1] (the weight of CROWN-IBP against IBP), got {beta!r}")
+    network = affine_network(net, x.shape[1:], dtype=x.dtype, detach=False)
+    flat = x.reshape(x.shape[0], -1)
+    classes = network.num_classes
+    spec = F.one_hot(labels, classes).to(x.dtype).unsqueeze(1) - torch.eye(classes, dtype=x.dtype, device=x.device)
     if method == "dual":
         margins = dual_margins(network, flat, eps, norm, spec, intermediate_bounds(network, flat, eps, norm, bounds))
     else:
@@ -185,7 +185,7 @@ def train_model(out, dataset, arch: str, input_shape, num_classes: int, mode: st
     scheduled ε with `norm`, `loss`, `bounds`), 'ibp' (the same with interval bounds) or 'crown-ibp'
     (CROWN-IBP, its β = 1 − the ramp's progress: 1 at the first step, 0 once ε reaches its target).
     Adam with learning rate lr. out/train_log.tsv gets one row per epoch (ε, mean loss, clean training
-    error, robust error under the training bound for 'dual' and 'ibp'), out/manifest.json the
+    error, robust error under the training bound for the modes in ROBUST), out/manifest.json the
     parameters. An existing checkpoint with the same parameters resumes.
     """
     if mode not in MODES:
